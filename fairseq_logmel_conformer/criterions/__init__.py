@@ -1,0 +1,1 @@
+from .logmel_contrastive import LogmelContrastiveConfig, LogmelContrastiveCriterion  # noqa: F401

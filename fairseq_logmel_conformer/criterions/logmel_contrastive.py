@@ -1,0 +1,98 @@
+"""``logmel_contrastive``: wav2vec 2.0's contrastive task on unquantised latents (paper Sec. 2.3)."""
+import math
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from fairseq import metrics
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.dataclass import FairseqDataclass
+
+from ..modules.masking import sample_distractors
+
+
+@dataclass
+class LogmelContrastiveConfig(FairseqDataclass):
+    num_distractors: int = field(default=100, metadata={"help": "K: distractors per masked step, drawn from the other masked steps of the same clip"})
+    temperature: float = field(default=0.1, metadata={"help": "cosine similarities are divided by this before the softmax"})
+
+
+def contrastive_logits(
+    context: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, num_distractors: int, temperature: float
+) -> torch.Tensor:
+    """Logits (N, 1 + K') for the N masked steps that have at least one distractor; column 0 is the positive.
+
+    context, targets: (B, T, C); mask: (B, T) True at masked steps. A clip with
+    fewer than K + 1 masked steps uses each of its other masked steps once
+    (K' is the largest count in the batch; missing slots get -inf). Distractors
+    identical to the positive (digital silence repeats itself) get -inf too,
+    as in wav2vec 2.0, since no model could tell them apart.
+    """
+    eligible = mask & (mask.sum(1, keepdim=True) > 1)
+    positives, distractor_steps, valid = sample_distractors(eligible, num_distractors)
+    clip, step = positives[:, 0], positives[:, 1]
+    predicted = context[clip, step].float()
+    positive = targets[clip, step].float()
+    negatives = targets[clip[:, None], distractor_steps].float()
+    candidates = torch.cat([positive[:, None], negatives], dim=1)
+    logits = F.cosine_similarity(predicted[:, None], candidates, dim=-1) / temperature
+    same_as_positive = (negatives == positive[:, None]).all(-1)
+    logits[:, 1:] = logits[:, 1:].masked_fill(~valid | same_as_positive, float("-inf"))
+    return logits
+
+
+@register_criterion("logmel_contrastive", dataclass=LogmelContrastiveConfig)
+class LogmelContrastiveCriterion(FairseqCriterion):
+    def __init__(self, cfg: LogmelContrastiveConfig, task):
+        super().__init__(task)
+        self.num_distractors = cfg.num_distractors
+        self.temperature = cfg.temperature
+
+    def forward(self, model, sample: Dict, reduce: bool = True) -> Tuple[torch.Tensor, int, Dict]:
+        net_output = model(**sample["net_input"])
+        logits = contrastive_logits(
+            net_output["context"], net_output["targets"], net_output["mask"], self.num_distractors, self.temperature
+        )
+        sample_size = logits.shape[0]
+        target = logits.new_zeros(sample_size, dtype=torch.long)
+        loss = F.cross_entropy(logits, target, reduction="sum" if reduce else "none")
+        with torch.no_grad():
+            # A step counts as correct only if the positive is the unique maximum, so a collapsed
+            # model (all logits equal) scores 0, not 100%.
+            is_max = logits.argmax(-1) == 0
+            is_min = logits.argmin(-1) == 0
+            correct = (is_max & ~is_min).sum()
+        # Tensors, not .item(): fairseq sums them lazily, so logging adds no host-device sync per step.
+        logging_output = {
+            "loss": loss.detach(),
+            "sample_size": sample_size,
+            "nsentences": sample["net_input"]["source"].shape[0],
+            "ntokens": sample_size,
+            "correct": correct,
+            "count": sample_size,
+            "masked_steps": net_output["mask"].sum(),
+        }
+        return loss, sample_size, logging_output
+
+    @staticmethod
+    def reduce_metrics(logging_outputs: List[Dict]) -> None:
+        # Sums stay tensors here; fairseq's meters convert them only when a log line is written.
+        def total(key):
+            return sum(log.get(key, 0) for log in logging_outputs)
+
+        sample_size = max(total("sample_size"), 1)
+        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("masked_steps", total("masked_steps"), round=1)
+        metrics.log_scalar("_correct", total("correct"))
+        metrics.log_scalar("_count", total("count"))
+        metrics.log_derived(
+            "accuracy",
+            lambda meters: round(float(meters["_correct"].sum) / float(meters["_count"].sum), 5)
+            if float(meters["_count"].sum) > 0
+            else float("nan"),
+        )
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

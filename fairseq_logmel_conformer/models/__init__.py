@@ -1,0 +1,1 @@
+from .logmel_conformer import LogmelConformerConfig, LogmelConformerModel  # noqa: F401

@@ -1,0 +1,125 @@
+"""``logmel_conformer``: the paper's self-supervised conformer (logmel -> stacked frames -> masked conformer)."""
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from fairseq.dataclass import FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from omegaconf import II
+
+from ..modules.conformer import ConformerContextEncoder
+from ..modules.frontend import LogmelFrontend, StackedFeatureEncoder, lengths_to_padding_mask
+from ..modules.masking import compute_span_mask
+
+
+@dataclass
+class LogmelConformerConfig(FairseqDataclass):
+    sample_rate: int = field(default=II("task.sample_rate"), metadata={"help": "input sample rate in Hz, set by the task"})
+    n_mels: int = field(default=64, metadata={"help": "mel bins of the log-mel frontend"})
+    win_ms: float = field(default=64.0, metadata={"help": "STFT window (and FFT size) in milliseconds"})
+    hop_ms: float = field(default=20.0, metadata={"help": "STFT hop in milliseconds"})
+    stack_frames: int = field(default=4, metadata={"help": "consecutive log-mel frames stacked into one latent step"})
+    latent_dim: int = field(default=256, metadata={"help": "dimension of the latent Z (feature encoder output and contrastive space)"})
+    encoder_dim: int = field(default=256, metadata={"help": "conformer model dimension d (cf_S 256, cf_L 768)"})
+    encoder_layers: int = field(default=12, metadata={"help": "number of conformer blocks"})
+    encoder_heads: int = field(default=8, metadata={"help": "attention heads per block (cf_S 8, cf_L 12)"})
+    encoder_ffn_dim: int = field(default=1024, metadata={"help": "hidden size of each half-step feed-forward module"})
+    first_kernel_size: int = field(default=31, metadata={"help": "depthwise convolution kernel of the first block"})
+    kernel_size: int = field(default=15, metadata={"help": "depthwise convolution kernel of the other blocks"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout inside the conformer blocks"})
+    mask_prob: float = field(default=0.3, metadata={"help": "expected fraction of latent steps masked during pre-training"})
+    mask_length: int = field(default=3, metadata={"help": "length of each masked span, in latent steps (80 ms each)"})
+
+
+@register_model("logmel_conformer", dataclass=LogmelConformerConfig)
+class LogmelConformerModel(BaseFairseqModel):
+    """Waveform (B, S) -> logmel (B, 4T', 64) -> latent Z (B, T', 256) -> masked -> context C (B, T', 256)."""
+
+    def __init__(self, cfg: LogmelConformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.frontend = LogmelFrontend(cfg.sample_rate, cfg.n_mels, cfg.win_ms, cfg.hop_ms)
+        self.feature_encoder = StackedFeatureEncoder(cfg.n_mels, cfg.stack_frames, cfg.latent_dim)
+        self.mask_embedding = nn.Parameter(torch.empty(cfg.latent_dim).uniform_())
+        kernel_sizes = [cfg.first_kernel_size] + [cfg.kernel_size] * (cfg.encoder_layers - 1)
+        self.context_encoder = ConformerContextEncoder(
+            cfg.latent_dim, cfg.encoder_dim, cfg.encoder_ffn_dim, cfg.encoder_heads, kernel_sizes, cfg.dropout
+        )
+
+    @classmethod
+    def build_model(cls, cfg: LogmelConformerConfig, task=None):
+        return cls(cfg)
+
+    @property
+    def samples_per_step(self) -> int:
+        """Waveform samples per latent step (the hop times the stack: 80 ms at the paper's settings)."""
+        return self.frontend.hop_length * self.feature_encoder.stack
+
+    def encode_latents(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, S) waveform, (B, S) sample padding mask -> latent Z (B, T', latent_dim), (B, T') step padding mask."""
+        lengths = None if padding_mask is None else (~padding_mask).sum(1)
+        frames, frame_lengths = self.frontend(source, lengths)
+        latents, step_lengths = self.feature_encoder(frames, frame_lengths)
+        if step_lengths is None:
+            return latents, None
+        step_padding = lengths_to_padding_mask(step_lengths, latents.shape[1])
+        # A clip too short for one step would leave attention nothing to attend to (NaN);
+        # let it attend to its padding instead: it has no valid step, so its output is never used.
+        step_padding = step_padding & (step_lengths > 0)[:, None]
+        return latents, step_padding
+
+    def forward(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, mask: bool = True
+    ) -> Dict[str, Optional[torch.Tensor]]:
+        """Pre-training pass.
+
+        Returns a dict with ``context`` (B, T', latent_dim), ``targets`` (B, T',
+        latent_dim, the unmasked Z), ``mask`` (B, T') True at masked steps (None
+        when ``mask`` is False), and ``padding_mask`` (B, T') True at padding (or None).
+        """
+        latents, step_padding = self.encode_latents(source, padding_mask)
+        batch, steps, _ = latents.shape
+        time_mask = None
+        inputs = latents
+        if mask:
+            lengths = torch.full((batch,), steps, device=latents.device) if step_padding is None else (~step_padding).sum(1)
+            time_mask = compute_span_mask(lengths, steps, self.cfg.mask_prob, self.cfg.mask_length)
+            inputs = torch.where(time_mask[..., None], self.mask_embedding.to(latents.dtype), latents)
+        context = self.context_encoder(inputs, self._attention_padding(step_padding))
+        return {"context": context, "targets": latents, "mask": time_mask, "padding_mask": step_padding}
+
+    @staticmethod
+    def _attention_padding(step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        # Without a mask, scaled_dot_product_attention may take the flash kernel; the check costs one sync.
+        if step_padding is None or not bool(step_padding.any()):
+            return None
+        return step_padding
+
+    def extract_features(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Unmasked frame embeddings: (B, S) waveform -> (B, T', encoder_dim), (B, T') padding mask (or None).
+
+        Frame ``t`` covers the 80 ms starting at ``t * samples_per_step / sample_rate`` seconds
+        (less half a 64 ms window, from the centred STFT).
+        """
+        latents, step_padding = self.encode_latents(source, padding_mask)
+        features = self.context_encoder(latents, self._attention_padding(step_padding), project=False)
+        return features, step_padding
+
+    def clip_embedding(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, S) waveform -> (B, encoder_dim), the mean of the frame embeddings over valid frames."""
+        features, step_padding = self.extract_features(source, padding_mask)
+        return masked_mean(features, step_padding)
+
+
+def masked_mean(features: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """(B, T, C), (B, T) True at padding -> (B, C) mean over valid steps."""
+    if padding_mask is None:
+        return features.mean(1)
+    valid = (~padding_mask).to(features.dtype)[..., None]
+    return (features * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+

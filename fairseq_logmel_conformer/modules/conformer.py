@@ -1,0 +1,83 @@
+"""Convolution-first conformer context encoder without positional encoding (paper Sec. 2.3)."""
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+from torchaudio.models.conformer import ConformerLayer
+
+
+class MaskedConvolutionModule(nn.Module):
+    """Conformer convolution module that zeroes padded steps before the depthwise convolution.
+
+    Same layers and parameter count as torchaudio's: layer norm, pointwise conv
+    to 2d, GLU, depthwise conv, batch norm, SiLU, pointwise conv, dropout.
+    torchaudio's version convolves across padding, so a clip's output would
+    depend on how much padding its batch has.
+    """
+
+    def __init__(self, dim: int, kernel_size: int, dropout: float):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"depthwise kernel size must be odd, got {kernel_size}")
+        self.layer_norm = nn.LayerNorm(dim)
+        self.pointwise_in = nn.Conv1d(dim, 2 * dim, 1)
+        self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+        self.batch_norm = nn.BatchNorm1d(dim)
+        self.pointwise_out = nn.Conv1d(dim, dim, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(T, B, D) -> (T, B, D); padding_mask (B, T), True at padding."""
+        x = self.layer_norm(x).permute(1, 2, 0)
+        x = nn.functional.glu(self.pointwise_in(x), dim=1)
+        if padding_mask is not None:
+            x = x.masked_fill(padding_mask[:, None, :], 0.0)
+        x = nn.functional.silu(self.batch_norm(self.depthwise(x)))
+        x = self.dropout(self.pointwise_out(x))
+        return x.permute(2, 0, 1)
+
+
+class ConvFirstConformerLayer(ConformerLayer):
+    """torchaudio's ``ConformerLayer`` (half FFN, conv, MHSA, half FFN, layer norm) with a padding-aware conv module."""
+
+    def __init__(self, dim: int, ffn_dim: int, num_heads: int, kernel_size: int, dropout: float):
+        super().__init__(dim, ffn_dim, num_heads, kernel_size, dropout=dropout, convolution_first=True)
+        self.conv_module = MaskedConvolutionModule(dim, kernel_size, dropout)
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(T, B, D) -> (T, B, D); padding_mask (B, T), True at padding."""
+        x = x + 0.5 * self.ffn1(x)
+        x = x + self.conv_module(x, padding_mask)
+        residual = x
+        x = self.self_attn_layer_norm(x)
+        # need_weights=False lets nn.MultiheadAttention take the fused scaled_dot_product_attention path.
+        x, _ = self.self_attn(x, x, x, key_padding_mask=padding_mask, need_weights=False)
+        x = residual + self.self_attn_dropout(x)
+        x = x + 0.5 * self.ffn2(x)
+        return self.final_layer_norm(x)
+
+
+class ConformerContextEncoder(nn.Module):
+    """Linear in_dim -> dim, conformer layers, linear dim -> in_dim: (B, T, in_dim) -> (B, T, in_dim).
+
+    No positional encoding: the depthwise convolutions provide position.
+    ``kernel_sizes`` gives each layer's depthwise kernel (the paper: 31 then 15).
+    """
+
+    def __init__(self, in_dim: int, dim: int, ffn_dim: int, num_heads: int, kernel_sizes: List[int], dropout: float):
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"encoder dim {dim} is not divisible by {num_heads} heads")
+        self.proj_in = nn.Linear(in_dim, dim)
+        self.layers = nn.ModuleList(
+            ConvFirstConformerLayer(dim, ffn_dim, num_heads, k, dropout) for k in kernel_sizes
+        )
+        self.proj_out = nn.Linear(dim, in_dim)
+
+    def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, project: bool = True) -> torch.Tensor:
+        """(B, T, in_dim) -> (B, T, in_dim), or (B, T, dim) when ``project`` is False."""
+        x = self.proj_in(x).transpose(0, 1)
+        for layer in self.layers:
+            x = layer(x, padding_mask)
+        x = x.transpose(0, 1)
+        return self.proj_out(x) if project else x

@@ -1,0 +1,91 @@
+"""Log-mel frontend and frame-stacking feature encoder (paper Sec. 2.2).
+
+The frontend runs inside the model, on the training device, so data loaders
+only read and crop waveforms.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torchaudio
+
+# log(mel + floor): digital silence maps to log(1e-6) ~ -13.8 instead of -inf.
+LOG_FLOOR = 1e-6
+
+
+def lengths_to_padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """Boolean (B, max_len) mask, True at padded positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+class LogmelFrontend(nn.Module):
+    """Waveform (B, S) at ``sample_rate`` -> log-mel (B, T, n_mels).
+
+    The STFT is centred with zero ("constant") padding, so frame ``t`` covers
+    samples ``[t*hop - win/2, t*hop + win/2)`` and a clip of ``S`` samples gives
+    ``1 + S // hop`` frames. Zero padding (rather than reflection) makes the
+    frames of a clip identical whether it is processed alone or zero-padded in
+    a batch: the frontend is padding invariant.
+
+    Normalisation: natural log of the power mel spectrogram of the [-1, 1]
+    waveform with a floor of 1e-6; no per-clip statistics (they would break
+    padding invariance). Scale is normalised later by the feature encoder's
+    layer norm over each stacked frame, as wav2vec 2.0 does for its CNN features.
+    """
+
+    def __init__(self, sample_rate: int = 16000, n_mels: int = 64, win_ms: float = 64.0, hop_ms: float = 20.0):
+        super().__init__()
+        self.sample_rate = sample_rate
+        self.n_mels = n_mels
+        self.win_length = round(sample_rate * win_ms / 1000)
+        self.hop_length = round(sample_rate * hop_ms / 1000)
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=self.win_length,
+            win_length=self.win_length,
+            hop_length=self.hop_length,
+            n_mels=n_mels,
+            center=True,
+            pad_mode="constant",
+            power=2.0,
+        )
+
+    def num_frames(self, num_samples: torch.Tensor) -> torch.Tensor:
+        return 1 + torch.div(num_samples, self.hop_length, rounding_mode="floor")
+
+    def forward(self, waveform: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, S) waveform, optional (B,) sample counts -> (B, T, n_mels), (B,) frame counts."""
+        if waveform.dim() != 2:
+            raise ValueError(f"expected waveform of shape (B, S), got {tuple(waveform.shape)}")
+        # The STFT runs in fp32 even under autocast: fp16 power spectra overflow.
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            mel = self.mel(waveform.float())
+        logmel = torch.log(mel + LOG_FLOOR).transpose(1, 2)
+        return logmel, (self.num_frames(lengths) if lengths is not None else None)
+
+
+class StackedFeatureEncoder(nn.Module):
+    """Stack ``stack`` consecutive frames and project: (B, T, F) -> (B, T // stack, dim).
+
+    Trailing frames that do not fill a stack are dropped.
+    """
+
+    def __init__(self, in_features: int = 64, stack: int = 4, dim: int = 256):
+        super().__init__()
+        self.stack = stack
+        self.layer_norm = nn.LayerNorm(in_features * stack)
+        self.proj = nn.Linear(in_features * stack, dim)
+
+    def num_steps(self, num_frames: torch.Tensor) -> torch.Tensor:
+        return torch.div(num_frames, self.stack, rounding_mode="floor")
+
+    def forward(self, frames: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, T, F) frames, optional (B,) frame counts -> (B, T', dim), (B,) step counts."""
+        batch, num_frames, num_features = frames.shape
+        steps = num_frames // self.stack
+        if steps == 0:
+            raise ValueError(
+                f"need at least {self.stack} frames to stack, got input of shape {tuple(frames.shape)}"
+            )
+        stacked = frames[:, : steps * self.stack].reshape(batch, steps, self.stack * num_features)
+        return self.proj(self.layer_norm(stacked)), (self.num_steps(lengths) if lengths is not None else None)

@@ -1,0 +1,1 @@
+from .logmel_pretraining import LogmelPretrainingConfig, LogmelPretrainingTask  # noqa: F401

@@ -1,0 +1,56 @@
+"""``logmel_pretraining``: self-supervised pre-training on unlabelled audio listed in fairseq manifests."""
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.dataclass import FairseqDataclass
+from fairseq.tasks import FairseqTask, register_task
+from omegaconf import II, MISSING
+
+from ..data.manifest_dataset import ManifestAudioDataset
+
+
+@dataclass
+class LogmelPretrainingConfig(FairseqDataclass):
+    data: str = field(default=MISSING, metadata={"help": "folder holding the manifests <split>.tsv"})
+    sample_rate: int = field(default=16000, metadata={"help": "audio is resampled to this rate (Hz) when read"})
+    max_sample_size: int = field(default=160000, metadata={"help": "longer clips are randomly cropped to this many samples (10 s at 16 kHz)"})
+    min_sample_size: int = field(default=1600, metadata={"help": "clips shorter than this many samples (manifest sizes) are left out"})
+    num_batch_buckets: int = field(default=0, metadata={"help": "group clips of similar length into this many buckets to reduce padding (0: off)"})
+    seed: int = field(default=II("common.seed"), metadata={"help": "seed of the random crops"})
+
+
+@register_task("logmel_pretraining", dataclass=LogmelPretrainingConfig)
+class LogmelPretrainingTask(FairseqTask):
+    cfg: LogmelPretrainingConfig
+
+    @classmethod
+    def setup_task(cls, cfg: LogmelPretrainingConfig, **kwargs):
+        return cls(cfg)
+
+    def manifest_path(self, split: str) -> str:
+        path = os.path.join(self.cfg.data, f"{split}.tsv")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no manifest for split '{split}': {path} does not exist")
+        return path
+
+    def load_dataset(self, split: str, task_cfg: Optional[FairseqDataclass] = None, **kwargs):
+        self.datasets[split] = ManifestAudioDataset(
+            self.manifest_path(split),
+            sample_rate=self.cfg.sample_rate,
+            max_sample_size=self.cfg.max_sample_size,
+            min_sample_size=self.cfg.min_sample_size,
+            seed=self.cfg.seed,
+            num_buckets=self.cfg.num_batch_buckets,
+        )
+
+    def max_positions(self):
+        return None
+
+    @property
+    def source_dictionary(self):
+        return None
+
+    @property
+    def target_dictionary(self):
+        return None

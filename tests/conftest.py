@@ -1,0 +1,35 @@
+"""Shared fixtures: generated audio, manifests, and a helper to run fairseq's CLI in a subprocess."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fairseq_logmel_conformer.data.synthetic import SOUND_CLASSES, write_dataset, write_label_files
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN_DIR = os.path.dirname(sys.executable)
+
+# The CI machine has 2 cores; more threads than that only adds contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def labelled_corpus(tmp_path_factory):
+    """Generated clips of the five SOUND_CLASSES with train/valid manifests, label files and labels.txt."""
+    folder = str(tmp_path_factory.mktemp("corpus"))
+    clips = write_dataset(folder, num_clips=30, seconds=(1.0, 3.0), seed=0)
+    write_label_files(folder, clips[:20], "train", classes=SOUND_CLASSES)
+    write_label_files(folder, clips[20:], "valid")
+    return folder
+
+
+def run_cli(args, cwd, timeout=600, env=None):
+    """Run a console script of this venv (e.g. ``fairseq-hydra-train``); fail the test with its output on error."""
+    command = [os.path.join(BIN_DIR, args[0])] + list(args[1:])
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited with {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
