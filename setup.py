@@ -28,6 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "logmel-manifest=fairseq_logmel_conformer.cli.make_manifest:main",
+            "logmel-evaluate=fairseq_logmel_conformer.cli.evaluate:main",
         ]
     },
 )

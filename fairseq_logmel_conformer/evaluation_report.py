@@ -29,6 +29,7 @@ def _json_value(value: float) -> Optional[float]:
 
 
 def _save(figure: Figure, path: str) -> None:
+    """Render with Agg directly, leaving pyplot's global backend untouched."""
     FigureCanvasAgg(figure)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -39,16 +40,19 @@ def _plot_average_precision(ap: np.ndarray, names: Sequence[str], mean_ap: float
     defined = np.flatnonzero(~np.isnan(ap))
     order = defined[np.argsort(-ap[defined], kind="stable")]
     title = f"Per-class AP, mAP {mean_ap:.3f}"
-    if len(order) > MAX_NAMED_AP_BARS:
-        half = MAX_NAMED_AP_BARS // 2
+    half = MAX_NAMED_AP_BARS // 2
+    truncated = len(order) > MAX_NAMED_AP_BARS
+    if truncated:
         order = np.concatenate([order[:half], order[-half:]])
         title += f"\n{half} best and {half} worst of {len(defined)} classes"
     if len(defined) < len(ap):
-        title += f"\n({len(ap) - len(defined)} classes without positives omitted)"
+        title += f"\nomitted (no positive clip): {len(ap) - len(defined)} classes"
     figure = Figure(figsize=(8, max(3.0, 0.22 * len(order) + 1.5)))
     axes = figure.add_subplot()
     axes.barh(np.arange(len(order)), ap[order])
     axes.set_yticks(np.arange(len(order)), [names[c] for c in order], fontsize=7)
+    if truncated:
+        axes.axhline(half - 0.5, color="black", linestyle="--", linewidth=0.8)
     axes.invert_yaxis()
     axes.set_xlim(0.0, 1.0)
     axes.set_xlabel("average precision")

@@ -61,7 +61,12 @@ class LogmelConformerModel(BaseFairseqModel):
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(B, S) waveform, (B, S) sample padding mask -> latent Z (B, T', latent_dim), (B, T') step padding mask."""
         lengths = None if padding_mask is None else (~padding_mask).sum(1)
-        frames, frame_lengths = self.frontend(source, lengths)
+        return self.encode_frames(*self.frontend(source, lengths))
+
+    def encode_frames(
+        self, frames: torch.Tensor, frame_lengths: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, T, n_mels) log-mel, (B,) frame counts -> latent Z (B, T // stack, latent_dim), (B, T') step padding mask."""
         latents, step_lengths = self.feature_encoder(frames, frame_lengths)
         if step_lengths is None:
             return latents, None
@@ -71,6 +76,8 @@ class LogmelConformerModel(BaseFairseqModel):
         step_padding = step_padding & (step_lengths > 0)[:, None]
         return latents, step_padding
 
+    # Masked pre-training is not scriptable (config access, random spans); export uses extract_features.
+    @torch.jit.unused
     def forward(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, mask: bool = True
     ) -> Dict[str, Optional[torch.Tensor]]:
@@ -88,11 +95,11 @@ class LogmelConformerModel(BaseFairseqModel):
             lengths = torch.full((batch,), steps, device=latents.device) if step_padding is None else (~step_padding).sum(1)
             time_mask = compute_span_mask(lengths, steps, self.cfg.mask_prob, self.cfg.mask_length)
             inputs = torch.where(time_mask[..., None], self.mask_embedding.to(latents.dtype), latents)
-        context = self.context_encoder(inputs, self._attention_padding(step_padding))
+        context = self.context_encoder(inputs, self.attention_padding(step_padding))
         return {"context": context, "targets": latents, "mask": time_mask, "padding_mask": step_padding}
 
     @staticmethod
-    def _attention_padding(step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    def attention_padding(step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         # Without a mask, scaled_dot_product_attention may take the flash kernel; the check costs one sync.
         if step_padding is None or not bool(step_padding.any()):
             return None
@@ -107,7 +114,7 @@ class LogmelConformerModel(BaseFairseqModel):
         (less half a 64 ms window, from the centred STFT).
         """
         latents, step_padding = self.encode_latents(source, padding_mask)
-        features = self.context_encoder(latents, self._attention_padding(step_padding), project=False)
+        features = self.context_encoder(latents, self.attention_padding(step_padding), project=False)
         return features, step_padding
 
     def clip_embedding(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -37,6 +37,8 @@ class LogmelFrontend(nn.Module):
         super().__init__()
         self.sample_rate = sample_rate
         self.n_mels = n_mels
+        # An attribute, not the global: TorchScript cannot read module-level floats.
+        self.log_floor = LOG_FLOOR
         self.win_length = round(sample_rate * win_ms / 1000)
         self.hop_length = round(sample_rate * hop_ms / 1000)
         self.mel = torchaudio.transforms.MelSpectrogram(
@@ -56,11 +58,15 @@ class LogmelFrontend(nn.Module):
     def forward(self, waveform: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(B, S) waveform, optional (B,) sample counts -> (B, T, n_mels), (B,) frame counts."""
         if waveform.dim() != 2:
-            raise ValueError(f"expected waveform of shape (B, S), got {tuple(waveform.shape)}")
-        # The STFT runs in fp32 even under autocast: fp16 power spectra overflow.
-        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            raise ValueError(f"expected waveform of shape (B, S), got {list(waveform.shape)}")
+        if torch.jit.is_scripting():
+            # TorchScript needs a constant autocast device; scripted models run without autocast anyway.
             mel = self.mel(waveform.float())
-        logmel = torch.log(mel + LOG_FLOOR).transpose(1, 2)
+        else:
+            # The STFT runs in fp32 even under autocast: fp16 power spectra overflow.
+            with torch.autocast(device_type=waveform.device.type, enabled=False):
+                mel = self.mel(waveform.float())
+        logmel = torch.log(mel + self.log_floor).transpose(1, 2)
         return logmel, (self.num_frames(lengths) if lengths is not None else None)
 
 
@@ -85,7 +91,7 @@ class StackedFeatureEncoder(nn.Module):
         steps = num_frames // self.stack
         if steps == 0:
             raise ValueError(
-                f"need at least {self.stack} frames to stack, got input of shape {tuple(frames.shape)}"
+                f"need at least {self.stack} frames to stack, got input of shape {list(frames.shape)}"
             )
         stacked = frames[:, : steps * self.stack].reshape(batch, steps, self.stack * num_features)
         return self.proj(self.layer_norm(stacked)), (self.num_steps(lengths) if lengths is not None else None)

@@ -1,0 +1,128 @@
+"""``logmel_conformer_classifier``: the pre-trained conformer fine-tuned with a pooling head (paper Sec. 3-4)."""
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from fairseq import checkpoint_utils
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.models import BaseFairseqModel, register_model
+from omegaconf import II, DictConfig, OmegaConf, open_dict
+
+from ..modules.augment import mixup, temporal_jitter, time_mask
+from .logmel_conformer import LogmelConformerConfig, LogmelConformerModel, masked_mean
+
+POOLING_CHOICES = ChoiceEnum(["mean", "linear_softmax"])
+
+
+@dataclass
+class LogmelConformerClassifierConfig(FairseqDataclass):
+    pretrained_path: Optional[str] = field(default=None, metadata={"help": "checkpoint of a logmel_conformer pre-training run; its architecture and weights initialise the encoder"})
+    encoder: Any = field(default=None, metadata={"help": "the encoder's logmel_conformer config. Filled from pretrained_path (and kept in the fine-tuned checkpoint, so it reloads alone); set it (e.g. +encoder=cfS) to train from scratch"})
+    sample_rate: int = field(default=II("task.sample_rate"), metadata={"help": "input sample rate in Hz, set by the task; must match the encoder's"})
+    pooling: POOLING_CHOICES = field(default="mean", metadata={"help": "mean: mean of frame embeddings then a linear layer; linear_softmax: frame-level sigmoid probabilities pooled as sum(p^2)/sum(p) (AudioSet)"})
+    encoder_output_dropout: float = field(default=0.0, metadata={"help": "dropout on the encoder output before the head (regularises small datasets)"})
+    freeze_encoder_updates: int = field(default=0, metadata={"help": "train only the head for this many updates, then the whole encoder"})
+    jitter_samples: int = field(default=200, metadata={"help": "training: shift each waveform by a random integer in [-jitter_samples, jitter_samples] (0: off)"})
+    time_mask_fraction: float = field(default=0.2, metadata={"help": "training: one SpecAugment time mask of up to this fraction of the clip (2 s per 10 s; 0: off)"})
+    mixup_alpha: float = field(default=0.5, metadata={"help": "training: mix log-mels within the batch with weight max(a, 1-a), a ~ Beta(alpha, alpha); labels unchanged (0: off)"})
+    class_names: List[str] = field(default_factory=list, metadata={"help": "class names in output order, set by the task from its label vocabulary"})
+    multilabel: bool = field(default=False, metadata={"help": "sigmoid outputs (tagging) instead of softmax (classification), set by the task"})
+
+
+def load_pretrained_encoder(cfg: LogmelConformerClassifierConfig) -> Optional[Dict[str, torch.Tensor]]:
+    """Fill ``cfg.encoder`` from ``cfg.pretrained_path`` and return the encoder weights to load.
+
+    Called by the fine-tuning tasks on the config they hand to fairseq, so that
+    the pre-training config is saved in every fine-tuned checkpoint (fairseq's
+    ``w2v_args`` pattern). Returns None when there is no checkpoint to load.
+    """
+    if not cfg.pretrained_path:
+        if cfg.encoder is None:
+            raise ValueError("set model.pretrained_path, or an encoder architecture (e.g. +encoder=cfS) to train from scratch")
+        return None
+    state = checkpoint_utils.load_checkpoint_to_cpu(cfg.pretrained_path)
+    model_cfg = state["cfg"]["model"]
+    if model_cfg.get("_name") != "logmel_conformer":
+        raise ValueError(f"{cfg.pretrained_path} holds a {model_cfg.get('_name')!r} model, expected a logmel_conformer pre-training checkpoint")
+    with open_dict(cfg):
+        cfg.encoder = model_cfg
+    return state["model"]
+
+
+@register_model("logmel_conformer_classifier", dataclass=LogmelConformerClassifierConfig)
+class LogmelConformerClassifier(BaseFairseqModel):
+    """Waveform (B, S) -> augmented log-mel -> conformer frames (B, T', d) -> class probabilities (B, C)."""
+
+    def __init__(self, cfg: LogmelConformerClassifierConfig):
+        super().__init__()
+        if not cfg.class_names:
+            raise ValueError("model.class_names is empty: the fine-tuning task sets it from its label vocabulary")
+        encoder_cfg = OmegaConf.merge(OmegaConf.structured(LogmelConformerConfig(sample_rate=cfg.sample_rate)), cfg.encoder)
+        if encoder_cfg.sample_rate != cfg.sample_rate:
+            raise ValueError(f"the encoder was pre-trained at {encoder_cfg.sample_rate} Hz but the task reads audio at {cfg.sample_rate} Hz")
+        self.cfg = cfg
+        self.class_names = list(cfg.class_names)
+        self.multilabel = cfg.multilabel
+        self.encoder = LogmelConformerModel(encoder_cfg)
+        self.dropout = nn.Dropout(cfg.encoder_output_dropout)
+        self.head = nn.Linear(encoder_cfg.encoder_dim, len(self.class_names))
+        self.num_updates = 0
+
+    @classmethod
+    def build_model(cls, cfg: LogmelConformerClassifierConfig, task=None):
+        return cls(cfg)
+
+    def set_num_updates(self, num_updates: int) -> None:
+        super().set_num_updates(num_updates)
+        self.num_updates = num_updates
+
+    def _augmented_logmel(self, source: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, S) -> log-mel (B, T, F) with the training augmentations (jitter, time mask, mixup) when training."""
+        cfg = self.cfg
+        if self.training and cfg.jitter_samples > 0:
+            source, _ = temporal_jitter(source, lengths, cfg.jitter_samples)
+        frames, frame_lengths = self.encoder.frontend(source, lengths)
+        if self.training and cfg.time_mask_fraction > 0:
+            frames, _ = time_mask(frames, frame_lengths, cfg.time_mask_fraction)
+        if self.training and cfg.mixup_alpha > 0 and frames.shape[0] > 1:
+            frames, _, _ = mixup(frames, cfg.mixup_alpha)
+        return frames, frame_lengths
+
+    def frame_embeddings(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, S) waveform -> (B, T', d) frame embeddings after dropout, (B, T') step padding mask or None."""
+        lengths = None if padding_mask is None else (~padding_mask).sum(1)
+        frozen = self.training and self.num_updates < self.cfg.freeze_encoder_updates
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            frames, frame_lengths = self._augmented_logmel(source, lengths)
+            latents, step_padding = self.encoder.encode_frames(frames, frame_lengths)
+            features = self.encoder.context_encoder(latents, self.encoder.attention_padding(step_padding), project=False)
+        return self.dropout(features), step_padding
+
+    def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:
+        """Returns ``probs`` (B, C) clip probabilities and ``logits`` (B, C), or None for linear softmax
+        pooling, whose clip probabilities are not a sigmoid of anything."""
+        features, step_padding = self.frame_embeddings(source, padding_mask)
+        if self.cfg.pooling == "linear_softmax":
+            frame_probs = torch.sigmoid(self.head(features).float())
+            if step_padding is not None:
+                frame_probs = frame_probs.masked_fill(step_padding[..., None], 0.0)
+            probs = (frame_probs**2).sum(1) / frame_probs.sum(1).clamp(min=1e-7)
+            return {"probs": probs, "logits": None}
+        logits = self.head(masked_mean(features, step_padding)).float()
+        probs = torch.sigmoid(logits) if self.multilabel else logits.softmax(-1)
+        return {"probs": probs, "logits": logits}
+
+    @torch.no_grad()
+    def predict(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, S) waveform -> (B, C) class probabilities (eval mode is the caller's job)."""
+        return self(source, padding_mask)["probs"]
+
+    @torch.no_grad()
+    def frame_probabilities(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, S) waveform -> (B, T', C) per-frame class probabilities (the head applied to each frame), padding mask."""
+        features, step_padding = self.frame_embeddings(source, padding_mask)
+        logits = self.head(features).float()
+        probs = torch.sigmoid(logits) if self.multilabel or self.cfg.pooling == "linear_softmax" else logits.softmax(-1)
+        return probs, step_padding
