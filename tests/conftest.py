@@ -33,3 +33,32 @@ def run_cli(args, cwd, timeout=600, env=None):
     if result.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited with {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result
+
+
+def hydra_train(config_name, workdir, *overrides, config_dir=None, env=None):
+    """``fairseq-hydra-train --config-name CONFIG`` on CPU with its outputs under ``workdir``."""
+    return run_cli(
+        [
+            "fairseq-hydra-train",
+            *(["--config-dir", config_dir] if config_dir else []),
+            "--config-name",
+            config_name,
+            "common.cpu=true",
+            "common.log_format=json",
+            f"checkpoint.save_dir={workdir}/checkpoints",
+            f"hydra.run.dir={workdir}/run",
+            *overrides,
+        ],
+        cwd=workdir,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="session")
+def pretrained_checkpoint(tmp_path_factory):
+    """A pretrain_tiny checkpoint from the real fairseq-hydra-train, on generated audio (about 5 s)."""
+    workdir = str(tmp_path_factory.mktemp("pretrain"))
+    write_dataset(os.path.join(workdir, "audio"), num_clips=24, seconds=(1.0, 4.0), seed=1)
+    run_cli(["logmel-manifest", os.path.join(workdir, "audio"), "--dest", os.path.join(workdir, "manifest"), "--valid-percent", "0.25", "--jobs", "1"], cwd=workdir)
+    hydra_train("pretrain_tiny", workdir, f"task.data={workdir}/manifest", "optimization.max_update=6")
+    return os.path.join(workdir, "checkpoints", "checkpoint_last.pt")

@@ -1,0 +1,97 @@
+"""End to end: fine-tune through the real fairseq-hydra-train, then evaluate with logmel-evaluate."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import hydra_train, run_cli
+
+from fairseq_logmel_conformer.data.synthetic import SOUND_CLASSES
+
+
+def tagging_corpus(labelled_corpus, tmp_path):
+    """The labelled corpus with a second label on every other clip (multi-label) and one clip with none."""
+    folder = tmp_path / "tagging"
+    shutil.copytree(labelled_corpus, folder)
+    for split in ("train", "valid"):
+        lines = (folder / f"{split}.labels").read_text().splitlines()
+        lines = [f"{label},{SOUND_CLASSES[(i + 1) % 5]}" if i % 2 else label for i, label in enumerate(lines)]
+        lines[0] = ""
+        (folder / f"{split}.labels").write_text("\n".join(lines) + "\n")
+    return str(folder)
+
+
+def evaluate(checkpoint, out_dir, workdir):
+    result = run_cli(["logmel-evaluate", checkpoint, "--split", "valid", "--out", out_dir, "--batch-size", "4"], cwd=workdir)
+    with open(os.path.join(out_dir, "metrics.json")) as f:
+        return json.loads(result.stdout[result.stdout.index("{"):]), json.load(f)
+
+
+def valid_logs(workdir):
+    with open(os.path.join(workdir, "run", "hydra_train.log")) as f:
+        return [json.loads(line.split(" - ", 1)[1]) for line in f if "][valid][" in line]
+
+
+FAST = ["optimization.max_update=6", "dataset.batch_size=4", "dataset.num_workers=0", "common.log_interval=1"]
+
+
+def test_finetune_single_label_from_pretrained_then_evaluate(tmp_path, labelled_corpus, pretrained_checkpoint):
+    workdir = str(tmp_path)
+    hydra_train("finetune_esc50", workdir, f"task.data={labelled_corpus}", f"model.pretrained_path={pretrained_checkpoint}", *FAST)
+    logs = valid_logs(workdir)
+    assert logs and {"valid_accuracy", "valid_top5", "valid_mAP"} <= set(logs[-1])
+    printed, written = evaluate(f"{workdir}/checkpoints/checkpoint_best.pt", f"{workdir}/eval", workdir)
+    assert printed["num_clips"] == written["num_clips"] == 10, "every valid clip is evaluated"
+    assert written["num_classes"] == 5 and 0 <= written["metrics"]["accuracy"] <= 1
+    assert written["metrics"]["top5"] == 1.0, "with 5 classes the true class is always in the top 5"
+    best = max(float(log["valid_accuracy"]) for log in logs)
+    assert written["metrics"]["accuracy"] == pytest.approx(best, abs=1e-4), "the evaluation command agrees with fairseq's validation"
+    assert os.path.isfile(f"{workdir}/eval/confusion_matrix.png") and os.path.isfile(f"{workdir}/eval/per_class.csv")
+
+
+def test_finetune_multi_label_linear_softmax_then_evaluate(tmp_path, labelled_corpus, pretrained_checkpoint):
+    workdir = str(tmp_path)
+    data = tagging_corpus(labelled_corpus, tmp_path)
+    hydra_train("finetune_audioset_balanced", workdir, f"task.data={data}", f"model.pretrained_path={pretrained_checkpoint}", "task.class_balanced_sampling=true", *FAST)
+    logs = valid_logs(workdir)
+    assert {"valid_mAP", "valid_mAUC", "valid_d_prime", "valid_lwlrap"} <= set(logs[-1])
+    _, written = evaluate(f"{workdir}/checkpoints/checkpoint_best.pt", f"{workdir}/eval", workdir)
+    assert written["num_clips"] == 10 and written["multilabel"]
+    assert written["metrics"]["mAP"] == pytest.approx(max(float(log["valid_mAP"]) for log in logs), abs=1e-4)
+    assert os.path.isfile(f"{workdir}/eval/per_class_ap.png")
+
+
+def test_finetune_from_scratch_and_reload_without_the_data(tmp_path, labelled_corpus):
+    """The scratch baseline needs no pre-trained checkpoint; the fine-tuned checkpoint reloads on its own."""
+    workdir = str(tmp_path)
+    hydra_train("finetune_esc50", workdir, f"task.data={labelled_corpus}", "model.pretrained_path=null", "+encoder=tiny", *FAST)
+    import torch
+
+    import fairseq_logmel_conformer  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    state = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", weights_only=False)
+    assert state["cfg"]["model"]["encoder"]["encoder_dim"] == 64
+    assert state["cfg"]["model"]["class_names"] == list(SOUND_CLASSES)
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task([f"{workdir}/checkpoints/checkpoint_last.pt"], arg_overrides={"data": "/nonexistent"})
+    probs = models[0].eval().predict(torch.randn(3, 16000))
+    assert probs.shape == (3, 5)
+    np.testing.assert_allclose(probs.sum(-1).numpy(), 1.0, rtol=1e-5)
+
+
+def test_finetune_loads_the_pretrained_encoder_keeps_its_config_and_can_freeze_it(tmp_path, labelled_corpus, pretrained_checkpoint):
+    workdir = str(tmp_path)
+    hydra_train(
+        "finetune_esc50", workdir, f"task.data={labelled_corpus}", f"model.pretrained_path={pretrained_checkpoint}",
+        "model.freeze_encoder_updates=100", "optimization.max_update=4", "dataset.batch_size=4", "dataset.num_workers=0",
+    )
+    import torch
+
+    pretrained = torch.load(pretrained_checkpoint, weights_only=False)
+    finetuned = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", weights_only=False)
+    assert finetuned["cfg"]["model"]["encoder"] == pretrained["cfg"]["model"]
+    # Frozen for the first 100 updates: after 4, the encoder's weights are exactly the pre-trained ones.
+    for key in ("context_encoder.layers.0.ffn1.sequential.1.weight", "feature_encoder.proj.weight", "context_encoder.proj_in.bias"):
+        torch.testing.assert_close(finetuned["model"][f"encoder.{key}"], pretrained["model"][key], rtol=0, atol=0)
+    assert finetuned["model"]["head.weight"].shape == (5, 64)

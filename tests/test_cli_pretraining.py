@@ -1,0 +1,64 @@
+"""End to end: manifests from a folder, the real fairseq-hydra-train, and loading in a fresh process."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO_ROOT, hydra_train, run_cli
+
+from fairseq_logmel_conformer.data.synthetic import write_dataset
+
+LOAD_AND_EMBED = """
+import sys, json, torch
+import fairseq_logmel_conformer
+from fairseq import checkpoint_utils
+models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([sys.argv[1]])
+model = models[0].eval()
+source = torch.randn(2, 24000)
+padding_mask = torch.zeros(2, 24000, dtype=torch.bool)
+padding_mask[1, 12000:] = True
+features, step_padding = model.extract_features(source, padding_mask)
+clips = model.clip_embedding(source, padding_mask)
+print(json.dumps({"model": type(model).__name__, "task": type(task).__name__, "features": list(features.shape),
+                  "valid_steps": (~step_padding).sum(1).tolist(), "clip": list(clips.shape),
+                  "finite": bool(torch.isfinite(features).all())}))
+"""
+
+
+def read_json_logs(log_path, tag):
+    with open(log_path) as f:
+        return [json.loads(line.split(" - ", 1)[1]) for line in f if f"][{tag}][" in line]
+
+
+def test_manifest_tool_reports_unreadable_files(tmp_path):
+    write_dataset(str(tmp_path / "audio"), num_clips=6, seconds=(0.5, 1.0))
+    (tmp_path / "audio" / "broken.wav").write_bytes(b"not audio at all")
+    result = run_cli(["logmel-manifest", str(tmp_path / "audio"), "--dest", str(tmp_path / "m"), "--valid-percent", "0.5", "--jobs", "2"], cwd=str(tmp_path))
+    assert "1 unreadable" in result.stdout
+    listed = [line.split("\t")[0] for name in ("train", "valid") for line in (tmp_path / "m" / f"{name}.tsv").read_text().splitlines()[1:]]
+    assert len(listed) == 6 and "broken.wav" not in listed
+    assert "broken.wav" in (tmp_path / "m" / "unreadable.txt").read_text()
+
+
+def test_pretrain_tiny_then_load_in_a_fresh_process(pretrained_checkpoint):
+    workdir = os.path.dirname(os.path.dirname(pretrained_checkpoint))
+    train_logs = read_json_logs(os.path.join(workdir, "run", "hydra_train.log"), "train_inner")
+    assert [log["num_updates"] for log in train_logs][-1] == "6"
+    assert all(float(log["loss"]) > 0 and 0 <= float(log["accuracy"]) <= 1 for log in train_logs)
+    result = subprocess.run([sys.executable, "-c", LOAD_AND_EMBED, pretrained_checkpoint], capture_output=True, text=True, cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["model"] == "LogmelConformerModel" and out["task"] == "LogmelPretrainingTask"
+    assert out["features"] == [2, 19, 64] and out["valid_steps"] == [19, 9] and out["clip"] == [2, 64] and out["finite"]
+
+
+def test_classic_config_dir_and_user_dir_route(tmp_path, pretrained_checkpoint):
+    manifest = os.path.join(os.path.dirname(os.path.dirname(pretrained_checkpoint)), "manifest")
+    package_dir = os.path.join(REPO_ROOT, "fairseq_logmel_conformer")
+    hydra_train(
+        "pretrain_tiny", str(tmp_path), f"task.data={manifest}", "optimization.max_update=2",
+        f"common.user_dir={package_dir}", config_dir=os.path.join(package_dir, "config", "pretraining"),
+    )
+    state = __import__("torch").load(tmp_path / "checkpoints" / "checkpoint_last.pt", weights_only=False)
+    assert state["cfg"]["common"]["user_dir"] == package_dir
+    assert state["cfg"]["model"]["_name"] == "logmel_conformer" and state["cfg"]["criterion"]["_name"] == "logmel_contrastive"

@@ -1,0 +1,184 @@
+"""The pre-training model: parameter counts, shapes, masking, distractors, loss, gradients, padding invariance."""
+import os
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from fairseq_logmel_conformer import CONFIG_DIR
+from fairseq_logmel_conformer.criterions.logmel_contrastive import contrastive_logits
+from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
+from fairseq_logmel_conformer.modules.masking import compute_span_mask, sample_distractors
+
+
+def model_config_from_yaml(config_name: str, **overrides) -> LogmelConformerConfig:
+    """The model section of a shipped pre-training config, resolved like fairseq-hydra-train does."""
+    with initialize_config_dir(config_dir=os.path.join(CONFIG_DIR, "pretraining"), version_base=None):
+        cfg = compose(config_name=config_name, overrides=["task.data=unused"])
+    model = OmegaConf.to_container(cfg.model)
+    model.pop("_name")
+    model.update(sample_rate=cfg.task.sample_rate, **overrides)
+    return LogmelConformerConfig(**model)
+
+
+def tiny_model(**overrides) -> LogmelConformerModel:
+    torch.manual_seed(0)
+    return LogmelConformerModel(model_config_from_yaml("pretrain_tiny", **overrides))
+
+
+@pytest.mark.parametrize(
+    "config_name, millions",
+    [("pretrain_cfS", 18.4), ("pretrain_cfL", 88.1), ("pretrain_cfL_8blocks", 58.9), ("pretrain_cfL_20blocks", 146.6)],
+)
+def test_parameter_counts_match_the_paper(config_name, millions):
+    model = LogmelConformerModel(model_config_from_yaml(config_name))
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(count - millions) < 0.1, f"{config_name}: {count:.3f}M parameters, paper {millions}M"
+
+
+def test_cfL_uses_the_paper_kernels_and_widths():
+    cfg = model_config_from_yaml("pretrain_cfL")
+    model = LogmelConformerModel(cfg)
+    kernels = [layer.conv_module.depthwise.kernel_size[0] for layer in model.context_encoder.layers]
+    assert kernels == [31] + [15] * 11
+    assert (cfg.encoder_dim, cfg.encoder_heads, cfg.encoder_ffn_dim, cfg.dropout) == (768, 12, 1024, 0.1)
+    assert model.frontend.win_length == 1024 and model.frontend.hop_length == 320 and model.frontend.n_mels == 64
+
+
+@pytest.mark.parametrize("num_samples", [960, 1279, 16001, 23457])
+def test_output_shapes_for_odd_lengths(num_samples):
+    model = tiny_model().eval()
+    features, padding = model.extract_features(torch.randn(2, num_samples))
+    expected_steps = (1 + num_samples // 320) // 4
+    assert features.shape == (2, expected_steps, 64)
+    assert padding is None
+    out = model(torch.randn(2, num_samples))
+    assert out["context"].shape == out["targets"].shape == (2, expected_steps, 256)
+
+
+def test_padding_mask_lengths_follow_each_clip():
+    model = tiny_model().eval()
+    lengths = torch.tensor([16000, 12345, 4000])
+    source = torch.randn(3, 16000)
+    padding_mask = torch.arange(16000)[None, :] >= lengths[:, None]
+    _, step_padding = model.extract_features(source * ~padding_mask, padding_mask)
+    assert (~step_padding).sum(1).tolist() == [((1 + n // 320) // 4) for n in lengths.tolist()]
+
+
+def test_batched_forward_equals_per_clip_forward_in_eval_mode():
+    model = tiny_model().eval()
+    lengths = [16000, 11111, 7000]
+    clips = [torch.randn(n) for n in lengths]
+    batch = torch.zeros(3, max(lengths))
+    padding_mask = torch.ones(3, max(lengths), dtype=torch.bool)
+    for i, clip in enumerate(clips):
+        batch[i, : len(clip)] = clip
+        padding_mask[i, : len(clip)] = False
+    with torch.no_grad():
+        batched, step_padding = model.extract_features(batch, padding_mask)
+        for i, clip in enumerate(clips):
+            alone, _ = model.extract_features(clip[None])
+            valid = (~step_padding[i]).sum()
+            assert valid == alone.shape[1]
+            torch.testing.assert_close(batched[i, :valid], alone[0], atol=1e-4, rtol=1e-4)
+        clip_embeddings = model.clip_embedding(batch, padding_mask)
+        torch.testing.assert_close(clip_embeddings[1], model.clip_embedding(clips[1][None])[0], atol=1e-4, rtol=1e-4)
+
+
+def test_span_mask_covers_about_mask_prob_and_never_padding():
+    torch.manual_seed(0)
+    lengths = torch.randint(20, 200, (512,))
+    mask = compute_span_mask(lengths, 200, mask_prob=0.3, span=3)
+    padding = torch.arange(200)[None, :] >= lengths[:, None]
+    assert not (mask & padding).any()
+    ratio = mask.sum() / lengths.sum()
+    assert abs(ratio - 0.3) < 0.02, ratio
+    # Spans do not overlap, so every clip's masked count is a multiple of the span length.
+    assert (mask.sum(1) % 3 == 0).all()
+
+
+def test_distractors_come_from_other_masked_steps_of_the_same_clip():
+    torch.manual_seed(0)
+    mask = torch.zeros(3, 40, dtype=torch.bool)
+    mask[0, [1, 2, 3, 10, 11, 12]] = True
+    mask[1, torch.arange(0, 40, 2)] = True
+    mask[2, [5]] = True
+    positives, distractors, valid = sample_distractors(mask, num_distractors=8)
+    assert positives.shape[0] == mask.sum()
+    for (clip, step), chosen, ok in zip(positives.tolist(), distractors.tolist(), valid.tolist()):
+        picked = [c for c, v in zip(chosen, ok) if v]
+        others = int(mask[clip].sum()) - 1
+        assert len(picked) == min(8, others)
+        assert len(set(picked)) == len(picked), "drawn without replacement"
+        assert step not in picked
+        assert all(mask[clip, c] for c in picked)
+
+
+def test_contrastive_logits_mark_missing_and_identical_distractors():
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, [0, 1, 2]] = True
+    mask[1, [4]] = True  # a single masked step has no distractor and is left out
+    targets = torch.randn(2, 10, 8)
+    targets[0, 2] = targets[0, 1]  # digital silence: two identical latents
+    logits = contrastive_logits(torch.randn(2, 10, 8), targets, mask, num_distractors=100, temperature=0.1)
+    assert logits.shape == (3, 3)
+    assert torch.isfinite(logits[:, 0]).all()
+    assert torch.isinf(logits[1]).sum() == 1 and torch.isinf(logits[2]).sum() == 1
+    assert torch.isfinite(logits[0]).all()
+
+
+def test_loss_is_finite_and_gradients_reach_every_parameter():
+    from fairseq_logmel_conformer.criterions.logmel_contrastive import LogmelContrastiveConfig, LogmelContrastiveCriterion
+
+    model = tiny_model().train()
+    criterion = LogmelContrastiveCriterion(LogmelContrastiveConfig(), task=None)
+    source = torch.randn(4, 32000)
+    padding_mask = torch.zeros(4, 32000, dtype=torch.bool)
+    padding_mask[1, 20000:] = True
+    loss, sample_size, log = criterion(model, {"net_input": {"source": source, "padding_mask": padding_mask}})
+    assert torch.isfinite(loss) and sample_size > 0 and int(log["masked_steps"]) >= sample_size
+    loss.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not missing, f"no gradient for {missing}"
+
+
+def test_contrastive_task_is_learnable():
+    """A few steps on fixed clips lower the loss well below its starting value."""
+    import numpy as np
+
+    from fairseq_logmel_conformer.criterions.logmel_contrastive import LogmelContrastiveConfig, LogmelContrastiveCriterion
+    from fairseq_logmel_conformer.data.synthetic import synthesize
+
+    rng = np.random.default_rng(0)
+    source = torch.tensor(np.stack([synthesize(c, 48000, 16000, rng) for c in ["chirp", "tremolo", "clicks", "noise_burst"]]))
+    sample = {"net_input": {"source": source, "padding_mask": torch.zeros_like(source, dtype=torch.bool)}}
+    model = tiny_model(dropout=0.0).train()
+    criterion = LogmelContrastiveCriterion(LogmelContrastiveConfig(), task=None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for step in range(40):
+        torch.manual_seed(step)
+        loss, sample_size, _ = criterion(model, sample)
+        optimizer.zero_grad()
+        (loss / sample_size).backward()
+        optimizer.step()
+        losses.append(loss.item() / sample_size)
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+
+
+def test_loss_depends_only_on_masked_steps():
+    """The context at unmasked steps never enters the loss; the context at a masked step does."""
+    torch.manual_seed(0)
+    mask = compute_span_mask(torch.tensor([50, 50]), 50, mask_prob=0.3, span=3)
+    context, targets = torch.randn(2, 50, 16), torch.randn(2, 50, 16)
+    torch.manual_seed(1)
+    reference = contrastive_logits(context, targets, mask, 100, 0.1)
+    changed = context.clone()
+    changed[~mask] = torch.randn(int((~mask).sum()), 16)
+    torch.manual_seed(1)
+    torch.testing.assert_close(contrastive_logits(changed, targets, mask, 100, 0.1), reference)
+    changed[mask] = torch.randn(int(mask.sum()), 16)
+    torch.manual_seed(1)
+    assert not torch.allclose(contrastive_logits(changed, targets, mask, 100, 0.1), reference)
+    assert not mask.all() and mask.any()
