@@ -105,6 +105,16 @@ class LogmelConformerModel(BaseFairseqModel):
             return None
         return step_padding
 
+    PRETRAINING_ONLY = ("mask_embedding", "context_encoder.proj_out.")
+
+    def remove_pretraining_modules(self) -> None:
+        """Drop what only the contrastive task uses (the mask embedding, the projection back to Z).
+
+        Fine-tuning never uses them, and parameters without gradients break DDP.
+        """
+        self.mask_embedding = None
+        self.context_encoder.proj_out = None
+
     def extract_features(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:

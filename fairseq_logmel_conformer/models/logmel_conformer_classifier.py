@@ -66,6 +66,7 @@ class LogmelConformerClassifier(BaseFairseqModel):
         self.class_names = list(cfg.class_names)
         self.multilabel = cfg.multilabel
         self.encoder = LogmelConformerModel(encoder_cfg)
+        self.encoder.remove_pretraining_modules()
         self.dropout = nn.Dropout(cfg.encoder_output_dropout)
         self.head = nn.Linear(encoder_cfg.encoder_dim, len(self.class_names))
         self.num_updates = 0
@@ -73,6 +74,11 @@ class LogmelConformerClassifier(BaseFairseqModel):
     @classmethod
     def build_model(cls, cfg: LogmelConformerClassifierConfig, task=None):
         return cls(cfg)
+
+    def load_encoder_weights(self, state: Dict[str, torch.Tensor]) -> None:
+        """Load a ``logmel_conformer`` state dict into the encoder, less its pre-training-only parameters."""
+        kept = {k: v for k, v in state.items() if not k.startswith(LogmelConformerModel.PRETRAINING_ONLY)}
+        self.encoder.load_state_dict(kept)
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)

@@ -132,7 +132,7 @@ class LabelledAudioTask(LogmelPretrainingTask):
             encoder_weights = load_pretrained_encoder(cfg)
         model = super().build_model(cfg, from_checkpoint)
         if encoder_weights is not None:
-            model.encoder.load_state_dict(encoder_weights)
+            model.load_encoder_weights(encoder_weights)
         return model
 
     def valid_step(self, sample, model, criterion):

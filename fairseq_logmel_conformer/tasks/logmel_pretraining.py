@@ -18,6 +18,7 @@ class LogmelPretrainingConfig(FairseqDataclass):
     min_sample_size: int = field(default=1600, metadata={"help": "clips shorter than this many samples (manifest sizes) are left out"})
     num_batch_buckets: int = field(default=0, metadata={"help": "group clips of similar length into this many buckets to reduce padding (0: off)"})
     seed: int = field(default=II("common.seed"), metadata={"help": "seed of the random crops"})
+    skip_unreadable_clips: bool = field(default=False, metadata={"help": "skip clips that cannot be read (missing, corrupt, NaN samples, length disagreeing with the manifest) with a warning each, counted in the logged unreadable_clips, instead of stopping with an error naming the manifest line"})
 
 
 @register_task("logmel_pretraining", dataclass=LogmelPretrainingConfig)
@@ -42,6 +43,7 @@ class LogmelPretrainingTask(FairseqTask):
             min_sample_size=self.cfg.min_sample_size,
             seed=self.cfg.seed,
             num_buckets=self.cfg.num_batch_buckets,
+            skip_unreadable=self.cfg.skip_unreadable_clips,
         )
 
     def max_positions(self):
