@@ -24,11 +24,12 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "av"], "kinetics": ["av"]},
     entry_points={
         "console_scripts": [
             "logmel-manifest=fairseq_logmel_conformer.cli.make_manifest:main",
             "logmel-evaluate=fairseq_logmel_conformer.cli.evaluate:main",
+            "logmel-prepare=fairseq_logmel_conformer.prepare.cli:main",
         ]
     },
 )

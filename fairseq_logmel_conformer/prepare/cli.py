@@ -12,8 +12,8 @@ import os
 import sys
 from typing import List, Optional
 
+from ..cli.make_manifest import DEFAULT_MIN_SAMPLES
 from . import audioset, dcase2019_1a, esc50, fsdkaggle2019, kinetics700, magnatagatune
-from .common import DEFAULT_MIN_SAMPLES
 
 DATASETS = {
     "audioset": audioset,

@@ -9,14 +9,13 @@ line, optionally ``label<TAB>display name``).
 """
 import csv
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from ..cli.make_manifest import probe_files
+from ..cli.make_manifest import probe_files, write_manifest
 
 SAMPLE_RATE = 16000
-# One 80 ms latent step of the model at 16 kHz: shorter clips give no encoder output.
-DEFAULT_MIN_SAMPLES = 1280
 
 
 @dataclass(frozen=True)
@@ -135,8 +134,8 @@ def probe(root: str, clips: Sequence[Clip], jobs: int, min_samples: int) -> Prob
 
 def write_vocabulary(folder: str, names: Sequence[str], display_names: Optional[Mapping[str, str]] = None) -> None:
     """Write ``labels.txt``: one label per line in class order, with ``<TAB>display name`` when given."""
-    if len(set(names)) != len(names):
-        duplicates = sorted({n for n in names if list(names).count(n) > 1})
+    duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+    if duplicates:
         raise ValueError(f"vocabulary for {folder} has duplicate labels {duplicates}")
     os.makedirs(folder, exist_ok=True)
     with open(os.path.join(folder, "labels.txt"), "w") as f:
@@ -173,27 +172,23 @@ def write_split(
             raise ValueError(f"{split} clip {clip.key}: labels {unknown} are not in the vocabulary of {folder}")
         if not multi_label and len(clip.labels) != 1:
             raise ValueError(f"{split} clip {clip.key}: single-label dataset, got labels {list(clip.labels)}")
+    entries, label_lines, report_lines = [], [], []
+    for clip in clips:
+        problem = (clip.problem or "not located") if clip.relative is None else probed.problems.get(clip.relative)
+        if problem is None:
+            entries.append((clip.relative, probed.sizes[clip.relative]))
+            label_lines.append(",".join(clip.labels) + "\n")
+        else:
+            report_lines.append(f"{clip.key}\t{problem}\n")
     os.makedirs(folder, exist_ok=True)
-    paths = {name: os.path.join(folder, name) for name in (f"{split}.tsv", f"{split}.labels", f"{split}_missing.txt")}
-    written = missing = 0
-    with open(paths[f"{split}.tsv"], "w") as manifest, open(paths[f"{split}.labels"], "w") as labels, open(
-        paths[f"{split}_missing.txt"], "w"
-    ) as report:
-        print(root, file=manifest)
-        for clip in clips:
-            if clip.relative is None:
-                problem = clip.problem or "not located"
-            else:
-                problem = probed.problems.get(clip.relative)
-            if problem is not None:
-                print(f"{clip.key}\t{problem}", file=report)
-                missing += 1
-                continue
-            print(f"{clip.relative}\t{probed.sizes[clip.relative]}", file=manifest)
-            print(",".join(clip.labels), file=labels)
-            written += 1
-    summary = SplitSummary(split=split, written=written, missing=missing, report=paths[f"{split}_missing.txt"])
-    print(f"{folder}: {split}: {written} clips written, {missing} missing or unreadable (listed in {summary.report})")
+    write_manifest(os.path.join(folder, f"{split}.tsv"), root, entries)
+    with open(os.path.join(folder, f"{split}.labels"), "w") as f:
+        f.writelines(label_lines)
+    report = os.path.join(folder, f"{split}_missing.txt")
+    with open(report, "w") as f:
+        f.writelines(report_lines)
+    summary = SplitSummary(split=split, written=len(entries), missing=len(report_lines), report=report)
+    print(f"{folder}: {split}: {summary.written} clips written, {summary.missing} missing or unreadable (listed in {summary.report})")
     return summary
 
 

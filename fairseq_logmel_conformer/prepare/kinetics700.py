@@ -7,9 +7,10 @@ and a folder of downloaded videos, each at ``--video-dir``/``--filename-pattern`
 downloaders' ``abseiling/---QUuC4vJs_000003_000013.mp4``).
 
 The first audio track of each video is decoded with PyAV (``pip install av``;
-its wheels bundle FFmpeg, so no system FFmpeg is needed), down-mixed, resampled
-to 16 kHz with the same resampler as :func:`~fairseq_logmel_conformer.data.audio.read_audio`
-and written as 16-bit FLAC to ``--audio-dir``, mirroring the video path.
+its wheels bundle FFmpeg, so no system FFmpeg is needed), resampled to 16 kHz
+by FFmpeg's resampler, down-mixed by averaging the channels (as
+:func:`~fairseq_logmel_conformer.data.audio.read_audio` does) and written as
+16-bit FLAC to ``--audio-dir``, mirroring the video path.
 Existing FLAC files are reused, so an interrupted run resumes and the videos
 may be deleted afterwards. Videos that are missing, have no audio track, or
 cannot be decoded are listed with the reason in ``<split>_missing.txt``.
@@ -24,10 +25,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
-import torch
 from tqdm import tqdm
 
-from ..data.audio import to_mono_at_rate
 from .common import SAMPLE_RATE, Clip, check_label_name, probe, read_csv_dicts, write_folder
 
 DEFAULT_PATTERN = "{label}/{youtube_id}_{time_start:06d}_{time_end:06d}.mp4"
@@ -43,38 +42,39 @@ def _import_av():
     return av
 
 
-def decode_audio_track(video_path: str) -> Tuple[Optional[np.ndarray], int, Optional[str]]:
-    """First audio track of a video -> (float32 (S, C) samples, sample rate, None), or (None, 0, problem)."""
+def decode_audio_track(video_path: str) -> Tuple[Optional[np.ndarray], Optional[str]]:
+    """First audio track of a video -> (float32 (S,) mono samples at 16 kHz, None), or (None, problem)."""
     av = _import_av()
-    chunks, sample_rate = [], 0
+    chunks = []
     try:
         with av.open(video_path) as container:
             if not container.streams.audio:
-                return None, 0, f"no audio track in {video_path}"
-            stream = container.streams.audio[0]
-            # Planar float keeps the decoder's rate and channels, whatever its native sample format.
-            resampler = av.AudioResampler(format="fltp")
-            for frame in container.decode(stream):
-                sample_rate = sample_rate or frame.sample_rate
+                return None, f"no audio track in {video_path}"
+            # FFmpeg's resampler changes the rate only; channels are averaged below, as read_audio does
+            # (FFmpeg's own down-mix would scale stereo by 1/sqrt(2) per channel instead).
+            resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
+            for frame in container.decode(container.streams.audio[0]):
                 chunks.extend(out.to_ndarray() for out in resampler.resample(frame))
             chunks.extend(out.to_ndarray() for out in resampler.resample(None))
     except av.FFmpegError as error:
-        return None, 0, f"cannot decode the audio of {video_path}: {error}"
+        return None, f"cannot decode the audio of {video_path}: {error}"
     if not chunks or sum(chunk.shape[1] for chunk in chunks) == 0:
-        return None, 0, f"empty audio track in {video_path}"
-    return np.concatenate(chunks, axis=1).T.astype(np.float32), sample_rate, None
+        return None, f"empty audio track in {video_path}"
+    return np.concatenate(chunks, axis=1).mean(axis=0, dtype=np.float32), None
 
 
 def extract_audio(video_path: str, flac_path: str) -> Optional[str]:
-    """Write the first audio track of ``video_path`` as 16 kHz mono 16-bit FLAC; return None, or why not."""
-    samples, sample_rate, problem = decode_audio_track(video_path)
+    """Write the first audio track of ``video_path`` as 16 kHz mono 16-bit FLAC; return None, or why not.
+
+    Uses no torch, so it is safe in processes forked from one whose OpenMP threads have started.
+    """
+    samples, problem = decode_audio_track(video_path)
     if problem is not None:
         return problem
-    mono = to_mono_at_rate(torch.from_numpy(samples), sample_rate, SAMPLE_RATE).clamp(-1.0, 1.0).numpy()
     os.makedirs(os.path.dirname(flac_path), exist_ok=True)
     # Written under another name first so that an interrupted run leaves no truncated FLAC to be reused.
     partial = flac_path + ".partial"
-    sf.write(partial, mono, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    sf.write(partial, np.clip(samples, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     os.replace(partial, flac_path)
     return None
 
@@ -115,33 +115,33 @@ def read_split(csv_path: str, pattern: str) -> List[Tuple[str, str, str]]:
     return rows
 
 
-def extract_split(
-    rows: List[Tuple[str, str, str]], video_dir: str, audio_dir: str, jobs: int
-) -> List[Clip]:
+def extract_split(rows: List[Tuple[str, str, str]], video_dir: str, audio_dir: str, jobs: int) -> List[Clip]:
     """Clips with their FLAC path relative to ``audio_dir``, extracting what is not there yet."""
     clips: List[Optional[Clip]] = []
-    todo: Dict[int, Tuple[str, str]] = {}
+    # FLAC path -> (video path, positions of its rows), so that a repeated row is extracted once.
+    todo: Dict[str, Tuple[str, List[int]]] = {}
     for key, video_relative, label in rows:
         flac_relative = os.path.splitext(video_relative)[0] + ".flac"
-        video_path = os.path.join(video_dir, video_relative)
-        if os.path.isfile(os.path.join(audio_dir, flac_relative)):
+        flac_path, video_path = os.path.join(audio_dir, flac_relative), os.path.join(video_dir, video_relative)
+        if os.path.isfile(flac_path):
             clips.append(Clip(key, flac_relative, (label,)))
         elif os.path.isfile(video_path):
-            todo[len(clips)] = (video_path, os.path.join(audio_dir, flac_relative))
+            todo.setdefault(flac_path, (video_path, []))[1].append(len(clips))
             clips.append(None)
         else:
             clips.append(Clip(key, None, (label,), f"not found: {video_path}"))
     if todo:
         _import_av()
-        work = list(todo.values())
+        work = [(video_path, flac_path) for flac_path, (video_path, _) in todo.items()]
         if jobs > 1:
             with ProcessPoolExecutor(jobs) as pool:
                 problems = list(tqdm(pool.map(_extract_job, work, chunksize=16), total=len(work), desc="extracting audio", disable=None))
         else:
             problems = [_extract_job(paths) for paths in tqdm(work, desc="extracting audio", disable=None)]
-        for (position, (_, flac_path)), problem in zip(todo.items(), problems):
-            key, _, label = rows[position]
-            clips[position] = Clip(key, os.path.relpath(flac_path, audio_dir) if problem is None else None, (label,), problem)
+        for (flac_path, (_, positions)), problem in zip(todo.items(), problems):
+            for position in positions:
+                key, _, label = rows[position]
+                clips[position] = Clip(key, os.path.relpath(flac_path, audio_dir) if problem is None else None, (label,), problem)
     return clips
 
 

@@ -54,7 +54,9 @@ def top_tags(tags: List[str], rows: List[Row], count: int) -> List[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset_dir", help="folder holding annotations_final.csv")
-    parser.add_argument("--audio-dir", help="folder holding the mp3 folders 0 ... f (default: DATASET_DIR/mp3 if it exists, else DATASET_DIR)")
+    parser.add_argument(
+        "--audio-dir", help="folder holding the mp3 folders 0 ... f (default: DATASET_DIR/mp3 if it exists, else DATASET_DIR)"
+    )
     parser.add_argument(
         "--drop-untagged", action="store_true", help="leave out clips with none of the 50 tags (listed in <split>_untagged.txt)"
     )
