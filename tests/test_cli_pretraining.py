@@ -62,3 +62,19 @@ def test_classic_config_dir_and_user_dir_route(tmp_path, pretrained_checkpoint):
     state = __import__("torch").load(tmp_path / "checkpoints" / "checkpoint_last.pt", weights_only=False)
     assert state["cfg"]["common"]["user_dir"] == package_dir
     assert state["cfg"]["model"]["_name"] == "logmel_conformer" and state["cfg"]["criterion"]["_name"] == "logmel_contrastive"
+
+
+def test_fairseq_train_with_user_dir_and_flags(tmp_path, pretrained_checkpoint):
+    manifest = os.path.join(os.path.dirname(os.path.dirname(pretrained_checkpoint)), "manifest")
+    run_cli(
+        [
+            "fairseq-train", manifest, "--user-dir", os.path.join(REPO_ROOT, "fairseq_logmel_conformer"),
+            "--task", "logmel_pretraining", "--arch", "logmel_conformer", "--criterion", "logmel_contrastive",
+            "--encoder-dim", "64", "--encoder-layers", "2", "--encoder-heads", "4", "--encoder-ffn-dim", "128",
+            "--optimizer", "adam", "--lr", "0.0005", "--max-update", "2", "--max-tokens", "96000",
+            "--max-sample-size", "48000", "--required-batch-size-multiple", "1", "--cpu", "--save-dir", str(tmp_path / "ckpt"),
+        ],
+        cwd=str(tmp_path),
+    )
+    state = __import__("torch").load(tmp_path / "ckpt" / "checkpoint_last.pt", weights_only=False)
+    assert state["cfg"]["model"]["encoder_dim"] == 64 and state["cfg"]["model"]["sample_rate"] == 16000

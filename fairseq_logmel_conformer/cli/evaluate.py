@@ -4,6 +4,7 @@
 """
 import argparse
 import json
+import logging
 import sys
 from typing import List, Optional
 
@@ -42,7 +43,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="folder for metrics.json, per_class.csv and the PNG")
     parser.add_argument("--batch-size", type=int, default=16, help="clips per batch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--user-dir", help="a fairseq plugin to import first, for checkpoints of tasks or models it registers")
     args = parser.parse_args(argv)
+    # A fairseq module sets the root logger to DEBUG when imported; keep the output to results and warnings.
+    logging.getLogger().setLevel(logging.WARNING)
+    if args.user_dir:
+        utils.import_user_module(argparse.Namespace(user_dir=args.user_dir))
 
     overrides = {"data": args.data} if args.data else None
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.checkpoint], arg_overrides=overrides)

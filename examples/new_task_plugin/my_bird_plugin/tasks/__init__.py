@@ -1,0 +1,1 @@
+from .bird_calls import BirdCallsConfig, BirdCallsTask  # noqa: F401
