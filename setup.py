@@ -24,12 +24,19 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest", "av"], "kinetics": ["av"]},
+    extras_require={
+        "test": ["pytest", "av", "onnx", "onnxscript", "onnxruntime"],
+        "kinetics": ["av"],
+        "export": ["onnx", "onnxscript", "onnxruntime"],
+    },
     entry_points={
         "console_scripts": [
             "logmel-manifest=fairseq_logmel_conformer.cli.make_manifest:main",
             "logmel-evaluate=fairseq_logmel_conformer.cli.evaluate:main",
             "logmel-prepare=fairseq_logmel_conformer.prepare.cli:main",
+            "logmel-embed=fairseq_logmel_conformer.cli.embed:main",
+            "logmel-tag=fairseq_logmel_conformer.cli.tag:main",
+            "logmel-export=fairseq_logmel_conformer.cli.export:main",
         ]
     },
 )

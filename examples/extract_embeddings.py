@@ -9,7 +9,6 @@ recording of generated sounds (5 s each of tone, chirp, noise bursts, clicks,
 tremolo) is used, passed once as a 44.1 kHz stereo array and once as a file.
 """
 import argparse
-import logging
 import os
 import subprocess
 import sys
@@ -53,7 +52,6 @@ def main() -> None:
     args = parser.parse_args()
     if not args.checkpoint and not args.demo:
         parser.error("give a CHECKPOINT, or --demo")
-    logging.getLogger().setLevel(logging.WARNING)
 
     with tempfile.TemporaryDirectory() as workdir:
         checkpoint = args.checkpoint or pretrain_demo_checkpoint(workdir)

@@ -4,9 +4,14 @@ Importing the package registers its fairseq components. fairseq's
 ``import_user_module`` imports only ``tasks/`` and ``models/`` of a user dir,
 so everything that registers is imported here.
 """
+import logging
 import os
 
-from . import criterions, models, tasks  # noqa: F401  (registration side effects)
+_root_level = logging.getLogger().level
+from . import criterions, models, tasks  # noqa: E402,F401  (registration side effects)
+
+# Importing fairseq's tasks runs logging.basicConfig(level=DEBUG) in one of its modules; undo that side effect.
+logging.getLogger().setLevel(_root_level)
 
 __version__ = "0.1.0"
 

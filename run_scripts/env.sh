@@ -20,6 +20,8 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
     "$VENV/bin/pip" install --quiet --no-build-isolation "fairseq-fixed==0.12.3.1"
     # compat mode puts the repository on sys.path, so Hydra finds hydra_plugins/ in the checkout.
     "$VENV/bin/pip" install --quiet --no-build-isolation -e "$ROOT[test]" --config-settings editable_mode=compat
+    # The HEAR validator's metadata asks for tensorflow, which it needs only for TensorFlow models.
+    "$VENV/bin/pip" install --quiet --no-deps "hearvalidator==2021.0.2"
     echo "$WANT" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

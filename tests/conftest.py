@@ -62,3 +62,14 @@ def pretrained_checkpoint(tmp_path_factory):
     run_cli(["logmel-manifest", os.path.join(workdir, "audio"), "--dest", os.path.join(workdir, "manifest"), "--valid-percent", "0.25", "--jobs", "1"], cwd=workdir)
     hydra_train("pretrain_tiny", workdir, f"task.data={workdir}/manifest", "optimization.max_update=6")
     return os.path.join(workdir, "checkpoints", "checkpoint_last.pt")
+
+
+@pytest.fixture(scope="session")
+def finetuned_checkpoint(tmp_path_factory, labelled_corpus, pretrained_checkpoint):
+    """A finetune_esc50 checkpoint of a few updates from ``pretrained_checkpoint`` on the labelled corpus."""
+    workdir = str(tmp_path_factory.mktemp("finetune"))
+    hydra_train(
+        "finetune_esc50", workdir, f"task.data={labelled_corpus}", f"model.pretrained_path={pretrained_checkpoint}",
+        "optimization.max_update=4", "dataset.batch_size=8", "dataset.num_workers=0",
+    )
+    return os.path.join(workdir, "checkpoints", "checkpoint_last.pt")

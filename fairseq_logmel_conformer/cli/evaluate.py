@@ -4,7 +4,6 @@
 """
 import argparse
 import json
-import logging
 import sys
 from typing import List, Optional
 
@@ -45,8 +44,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--user-dir", help="a fairseq plugin to import first, for checkpoints of tasks or models it registers")
     args = parser.parse_args(argv)
-    # A fairseq module sets the root logger to DEBUG when imported; keep the output to results and warnings.
-    logging.getLogger().setLevel(logging.WARNING)
     if args.user_dir:
         utils.import_user_module(argparse.Namespace(user_dir=args.user_dir))
 

@@ -80,4 +80,9 @@ class ConformerContextEncoder(nn.Module):
         for layer in self.layers:
             x = layer(x, padding_mask)
         x = x.transpose(0, 1)
-        return self.proj_out(x) if project else x
+        if not project:
+            return x
+        # A None check TorchScript can resolve: fine-tuned encoders drop proj_out (remove_pretraining_modules).
+        if self.proj_out is None:
+            raise ValueError("this encoder's projection back to the latent space was removed for fine-tuning: call it with project=False")
+        return self.proj_out(x)
