@@ -8,6 +8,8 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from .batch_checks import add_unreadable_count, log_unreadable_count, report_nonfinite_loss
+
 # Probabilities are clamped away from 0 and 1 before logs: linear softmax pooling has no logits to use instead.
 EPS = 1e-6
 
@@ -71,6 +73,8 @@ class LogmelConsistencyCriterion(FairseqCriterion):
             "nsentences": batch,
             "ntokens": batch,
         }
+        add_unreadable_count(logging_output, sample, self.task)
+        report_nonfinite_loss(total, sample, model)
         if not model.training:
             logging_output["_scores"] = output["probs"].detach()
             logging_output["_targets"] = target
@@ -81,6 +85,7 @@ class LogmelConsistencyCriterion(FairseqCriterion):
         sample_size = max(sum(log.get("sample_size", 0) for log in logging_outputs), 1)
         for key in ("loss", "supervised_loss", "consistency"):
             metrics.log_scalar(key, sum(log.get(key, 0) for log in logging_outputs) / sample_size, sample_size, round=4)
+        log_unreadable_count(logging_outputs)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:
