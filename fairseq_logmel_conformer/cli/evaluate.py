@@ -47,7 +47,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.user_dir:
         utils.import_user_module(argparse.Namespace(user_dir=args.user_dir))
 
-    overrides = {"data": args.data} if args.data else None
+    # Every clip of the split is scored: a skipped clip would count as a zero score.
+    overrides = {"skip_unreadable_clips": False, **({"data": args.data} if args.data else {})}
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([args.checkpoint], arg_overrides=overrides)
     model = models[0]
     if not hasattr(model, "class_names"):

@@ -21,6 +21,7 @@ worth knowing about. The exit status is 1 if there was any problem.
 import argparse
 import os
 import random
+import re
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -157,6 +158,9 @@ def check_manifest(path: str, sample_rate: int, min_samples: int, jobs: int = 1)
     for index, (problems, notes) in enumerate(_map(_check_clip, work, jobs)):
         report.problems.extend(f"{manifest.location(index)}: {p}" for p in problems)
         report.notes.extend(f"{manifest.location(index)}: note: {n}" for n in notes)
+    # Malformed lines were found first; list the manifest's problems in line order, other files' after them.
+    prefix = re.compile(rf"^{re.escape(path)}:(\d+): ")
+    report.problems.sort(key=lambda p: int(prefix.match(p).group(1)) if prefix.match(p) else sys.maxsize)
     return report
 
 

@@ -10,6 +10,7 @@ from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
 from ..modules.masking import sample_distractors
+from .batch_checks import add_unreadable_count, log_unreadable_count, report_nonfinite_loss
 
 
 @dataclass
@@ -73,6 +74,8 @@ class LogmelContrastiveCriterion(FairseqCriterion):
             "count": sample_size,
             "masked_steps": net_output["mask"].sum(),
         }
+        add_unreadable_count(logging_output, sample, self.task)
+        report_nonfinite_loss(loss, sample, model)
         return loss, sample_size, logging_output
 
     @staticmethod
@@ -86,6 +89,7 @@ class LogmelContrastiveCriterion(FairseqCriterion):
         metrics.log_scalar("masked_steps", total("masked_steps"), round=1)
         metrics.log_scalar("_correct", total("correct"))
         metrics.log_scalar("_count", total("count"))
+        log_unreadable_count(logging_outputs)
         metrics.log_derived(
             "accuracy",
             lambda meters: round(float(meters["_correct"].sum) / float(meters["_count"].sum), 5)

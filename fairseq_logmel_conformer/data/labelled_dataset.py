@@ -38,6 +38,7 @@ class LabelledAudioDataset(FairseqDataset):
         if fraction < 1.0:
             self.positions = label_fraction_subset(clip_labels, fraction, seed)
         self.labels = [clip_labels[p] for p in self.positions]
+        self.index_of_position = {int(p): i for i, p in enumerate(self.positions)}
         self.sizes = audio.sizes[self.positions]
         self.balanced = balanced
         self.seed = seed
@@ -47,9 +48,8 @@ class LabelledAudioDataset(FairseqDataset):
         return len(self.positions)
 
     def __getitem__(self, index: int) -> Dict:
-        item = self.audio[int(self.positions[index])]
-        item["id"] = index
-        return item
+        # The item keeps the audio dataset's id until collation: its collater looks up (bucketed) sizes by that id.
+        return self.audio[int(self.positions[index])]
 
     def target(self, index: int) -> torch.Tensor:
         target = torch.zeros(self.num_classes)
@@ -59,6 +59,7 @@ class LabelledAudioDataset(FairseqDataset):
     def collater(self, samples: List[Dict]) -> Dict:
         batch = self.audio.collater(samples)
         if batch:
+            batch["id"] = torch.tensor([self.index_of_position[int(i)] for i in batch["id"]])
             batch["target"] = torch.stack([self.target(int(i)) for i in batch["id"]])
         return batch
 

@@ -63,9 +63,10 @@ class LogmelFrontend(nn.Module):
             # TorchScript needs a constant autocast device; scripted models run without autocast anyway.
             mel = self.mel(waveform.float())
         else:
-            # The STFT runs in fp32 even under autocast: fp16 power spectra overflow.
+            # The STFT runs in fp32 even under autocast or a model cast to half (fairseq's fp16/bf16):
+            # fp16 power spectra overflow. .float() brings the window and filterbank back to fp32.
             with torch.autocast(device_type=waveform.device.type, enabled=False):
-                mel = self.mel(waveform.float())
+                mel = self.mel.float()(waveform.float())
         logmel = torch.log(mel + self.log_floor).transpose(1, 2)
         return logmel, (self.num_frames(lengths) if lengths is not None else None)
 
@@ -94,4 +95,6 @@ class StackedFeatureEncoder(nn.Module):
                 f"need at least {self.stack} frames to stack, got input of shape {list(frames.shape)}"
             )
         stacked = frames[:, : steps * self.stack].reshape(batch, steps, self.stack * num_features)
+        # The fp32 log-mel meets the model's dtype here (half under fairseq's fp16/bf16 training).
+        stacked = stacked.to(self.layer_norm.weight.dtype)
         return self.proj(self.layer_norm(stacked)), (self.num_steps(lengths) if lengths is not None else None)

@@ -108,7 +108,8 @@ class LabelledAudioTask(LogmelPretrainingTask):
             shuffle=is_train,
             seed=self.cfg.seed,
             num_buckets=self.cfg.num_batch_buckets,
-            skip_unreadable=self.cfg.skip_unreadable_clips,
+            # Validation metrics must cover the whole split: only training may skip clips.
+            skip_unreadable=self.cfg.skip_unreadable_clips and is_train,
         )
         labels = read_label_file(
             os.path.join(self.cfg.data, f"{split}.labels"), self.vocabulary, len(audio.manifest.files), not self.multilabel
