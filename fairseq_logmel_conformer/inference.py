@@ -34,12 +34,11 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
-import soundfile as sf
 import torch
 import torchaudio
 from fairseq import checkpoint_utils
 
-from .data.audio import AudioReadError
+from .data.audio import AudioReadError, open_audio_file
 
 AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 WINDOW_POOLING = ("mean", "max")
@@ -193,10 +192,7 @@ def open_audio(audio: AudioInput, sample_rate: Optional[int], target_rate: int) 
         if sample_rate is not None:
             raise ValueError(f"sample_rate={sample_rate} was given with a file path; the file's own rate is used")
         path = os.fspath(audio)
-        try:
-            handle = sf.SoundFile(path)
-        except Exception as error:  # soundfile raises several types (LibsndfileError, RuntimeError, TypeError)
-            raise AudioReadError(f"cannot read audio file {path}: {error}") from error
+        handle = open_audio_file(path)
 
         def read_file(start: int, end: int) -> np.ndarray:
             try:
@@ -206,6 +202,8 @@ def open_audio(audio: AudioInput, sample_rate: Optional[int], target_rate: int) 
                 raise AudioReadError(f"cannot read audio file {path}: {error}") from error
             if block.shape[0] != end - start:
                 raise AudioReadError(f"cannot read audio file {path}: got {block.shape[0]} frames at {start}, expected {end - start}")
+            if not np.isfinite(block).all():
+                raise AudioReadError(f"cannot read audio file {path}: NaN or Inf sample values after frame {start}")
             return block
 
         return AudioReader(read_file, handle.frames, handle.samplerate, target_rate, close=handle.close)
@@ -222,6 +220,8 @@ def open_audio(audio: AudioInput, sample_rate: Optional[int], target_rate: int) 
         scale = 1.0 / 2 ** (8 * samples.dtype.itemsize - 1)
     elif np.issubdtype(samples.dtype, np.floating):
         scale = 1.0
+        if not np.isfinite(samples).all():
+            raise ValueError(f"audio holds {int((~np.isfinite(samples)).sum())} NaN or Inf sample values")
     else:
         raise ValueError(f"expected float or signed integer samples, got dtype {samples.dtype}")
     return AudioReader(

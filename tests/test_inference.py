@@ -224,3 +224,17 @@ def test_classifier_pools_the_windows_of_long_audio(finetuned_checkpoint):
     assert mean.probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     assert mean.frame_probabilities.shape == (len(mean.timestamps), len(model.class_names))
     np.testing.assert_allclose(mean.frame_probabilities.sum(1), 1.0, atol=1e-5)
+
+
+def test_bad_audio_fails_with_a_message_naming_it(model, tmp_path):
+    from fairseq_logmel_conformer.data.audio import AudioReadError
+
+    with pytest.raises(AudioReadError, match="missing.wav: no such file"):
+        model.embed(str(tmp_path / "missing.wav"))
+    nan_clip = np.zeros(16000, dtype=np.float32)
+    nan_clip[100] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or Inf"):
+        model.embed(nan_clip, sample_rate=16000)
+    sf.write(str(tmp_path / "nan.wav"), nan_clip, 16000, subtype="FLOAT")
+    with pytest.raises(AudioReadError, match="nan.wav: NaN or Inf"):
+        model.embed(str(tmp_path / "nan.wav"))
