@@ -201,3 +201,12 @@ def test_clip_score_meter_counts_each_clip_once_and_matches_compute_metrics():
     meter.update(torch.arange(2), torch.tensor(scores[:2]), torch.tensor(targets[:2]))  # fairseq's padding batch
     assert meter.smoothed_value == 12
     assert meter.metrics() == pytest.approx(compute_metrics(scores, targets, multilabel=True))
+
+
+def test_batches_count_long_clips_at_their_cropped_length(labelled_audio):
+    audio, _ = labelled_audio
+    long_clip = int(audio.sizes.argmax())
+    assert audio.sizes[long_clip] > audio.max_sample_size
+    assert audio.num_tokens(long_clip) == audio.size(long_clip) == audio.max_sample_size
+    batches = audio.batch_by_size(audio.ordered_indices(), max_tokens=4 * audio.max_sample_size)
+    assert max(len(b) for b in batches) == 4, "four cropped clips fit in a batch of four crops"

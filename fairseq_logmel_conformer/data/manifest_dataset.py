@@ -89,6 +89,11 @@ class ManifestAudioDataset(RawAudioDataset):
     def epoch(self) -> int:
         return int(self._epoch[0])
 
+    def size(self, index: int) -> int:
+        # Clips are cropped to max_sample_size when read, so batching (max_tokens) must count them at
+        # that length; fairseq's RawAudioDataset counts a padded dataset's clips at their full length.
+        return min(int(self.sizes[index]), self.max_sample_size)
+
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
 
