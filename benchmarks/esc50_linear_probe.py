@@ -1,0 +1,101 @@
+"""Frozen-feature linear probe: does pre-training give better ESC features before any fine-tuning?
+
+    python -m benchmarks.esc50_linear_probe PRETRAIN_CHECKPOINT FOLD_DIR [--out results.json]
+
+Builds the checkpoint's ``logmel_conformer`` twice, once with the pre-trained
+weights and once freshly initialised (seed 1), embeds every clip of FOLD_DIR's
+train and valid splits (mean over time of the latent Z and of each conformer
+block's output), fits scikit-learn's logistic regression on train and reports
+valid accuracy per layer. A diagnostic of :mod:`benchmarks.esc50_pretrain_vs_scratch`:
+it separates "pre-training learnt nothing useful" from "fine-tuning washes out
+what it learnt".
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from fairseq import checkpoint_utils
+from omegaconf import OmegaConf
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+import fairseq_logmel_conformer  # noqa: F401  (registers the plugin's components)
+from fairseq_logmel_conformer.data.audio import read_audio, read_manifest
+from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
+from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
+
+
+def read_split(fold_dir: str, split: str, sample_rate: int):
+    """-> waveforms (N, S) (the clips must share a length, as ESC-50's 5 s clips do), class indices (N,)."""
+    manifest = read_manifest(os.path.join(fold_dir, f"{split}.tsv"))
+    vocabulary = LabelVocabulary.read(os.path.join(fold_dir, "labels.txt"))
+    labels = read_label_file(os.path.join(fold_dir, f"{split}.labels"), vocabulary, len(manifest.files), single_label=True)
+    targets = np.array([indices[0] for indices in labels])
+    clips = [torch.as_tensor(read_audio(manifest.audio_path(i), sample_rate)) for i in range(len(manifest.files))]
+    if len({clip.shape[0] for clip in clips}) != 1:
+        raise ValueError(f"{fold_dir}/{split}.tsv: the probe needs clips of one length, got {sorted({c.shape[0] for c in clips})}")
+    return torch.stack(clips), targets
+
+
+@torch.no_grad()
+def layer_embeddings(model: LogmelConformerModel, waveforms: torch.Tensor, batch_size: int = 32) -> List[np.ndarray]:
+    """(N, S) -> [(N, latent_dim) mean latent Z, then (N, encoder_dim) mean output of each conformer block]."""
+    model.eval()
+    per_layer: List[List[np.ndarray]] = []
+    for start in range(0, len(waveforms), batch_size):
+        latents, _ = model.encode_latents(waveforms[start : start + batch_size])
+        outputs = [latents.mean(1)]
+        hidden = model.context_encoder.proj_in(latents).transpose(0, 1)
+        for layer in model.context_encoder.layers:
+            hidden = layer(hidden, None)
+            outputs.append(hidden.mean(0))
+        per_layer.append([o.numpy() for o in outputs])
+    return [np.concatenate([batch[k] for batch in per_layer]) for k in range(len(per_layer[0]))]
+
+
+def probe(train: List[np.ndarray], train_y: np.ndarray, valid: List[np.ndarray], valid_y: np.ndarray) -> List[float]:
+    """Valid accuracy of a standardised logistic regression per layer."""
+    accuracies = []
+    for x_train, x_valid in zip(train, valid):
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+        accuracies.append(float(classifier.fit(x_train, train_y).score(x_valid, valid_y)))
+    return accuracies
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a logmel_conformer pre-training checkpoint")
+    parser.add_argument("fold_dir", help="an ESC manifest folder (train/valid .tsv and .labels, labels.txt)")
+    parser.add_argument("--out", help="write the accuracies here as JSON")
+    args = parser.parse_args(argv)
+    torch.manual_seed(1)
+    state = checkpoint_utils.load_checkpoint_to_cpu(args.checkpoint)
+    cfg = OmegaConf.merge(OmegaConf.structured(LogmelConformerConfig(sample_rate=16000)), state["cfg"]["model"])
+    train_x, train_y = read_split(args.fold_dir, "train", cfg.sample_rate)
+    valid_x, valid_y = read_split(args.fold_dir, "valid", cfg.sample_rate)
+    results: Dict[str, Dict] = {}
+    for name in ("pretrained", "random_init"):
+        model = LogmelConformerModel(cfg)
+        if name == "pretrained":
+            model.load_state_dict(state["model"])
+        train, valid = layer_embeddings(model, train_x), layer_embeddings(model, valid_x)
+        results[name] = {
+            "valid_accuracy_per_layer": probe(train, train_y, valid, valid_y),
+            "last_layer_std_across_clips": float(train[-1].std(0).mean()),
+        }
+    payload = {"checkpoint": args.checkpoint, "fold_dir": args.fold_dir, "layers": ["latent_Z"] + [f"block{i + 1}" for i in range(cfg.encoder_layers)], **results}
+    print(json.dumps(payload, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""ESC-50 / ESC-10 accuracy with and without self-supervised pre-training, on real recordings.
+
+    python -m benchmarks.esc50_pretrain_vs_scratch --esc50-dir ../shared/data/esc50 \\
+        --unlabeled-dir ../shared/data/unlabeled --work-dir /tmp/esc50_bench \\
+        [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
+        [--pretrain-updates N | --pretrain-minutes M] [--finetune-updates N] [--finetune-lr LR] [--threads 1] [--parallel]
+
+Every step runs the project's own command lines, so the numbers describe what
+users run: (1) ``logmel-manifest`` on the unlabelled folder and
+``logmel-prepare esc50`` for the folds; (2) ``fairseq-hydra-train
+--config-name pretrain_<config>`` on the unlabelled audio; (3) for each fold,
+``fairseq-hydra-train --config-name finetune_esc50`` twice with identical
+settings and seed, once from the pre-trained checkpoint and once from scratch
+(``+encoder=<config>``, the same architecture); (4) ``logmel-evaluate`` on the
+held-out fold with the last checkpoint of each run. It writes
+``benchmarks/results/esc50_pretrain_vs_scratch_<tag>.{json,md,png}``: the
+accuracy table, the validation-accuracy curves of both arms and the
+pre-training (contrastive) accuracy curve. Audio and checkpoints stay in
+``--work-dir``. Re-running with the same ``--work-dir`` reuses finished runs (so fine-tuning
+settings can be compared on one pre-trained checkpoint) and fairseq resumes
+unfinished ones from their ``checkpoint_last.pt``. Times are fairseq's own
+("done training in"), so they hold for reused runs too.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from benchmarks.common import RESULTS_DIR, write_json
+from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretraining_curve, validation_curve, write_figure, write_markdown
+
+BENCHMARK = "esc50_pretrain_vs_scratch"
+BIN_DIR = os.path.dirname(sys.executable)
+# pretrain_<config> and its fine-tuning encoder group +encoder=<config> describe the same conformer.
+CONFIGS = ("small", "cfS")
+
+
+def run(command: List[str], cwd: str, threads: int, log_path: str) -> float:
+    """Run one command with ``threads`` torch/OpenMP threads, its output in ``log_path``; -> wall seconds."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    os.makedirs(cwd, exist_ok=True)
+    print(f"$ {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        status = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if status != 0:
+        raise SystemExit(f"command failed with status {status}, see {log_path}: {' '.join(command)}")
+    return time.perf_counter() - start
+
+
+def training_seconds(out: str) -> Optional[float]:
+    """fairseq's own training time of the run writing to ``out`` ("done training in X seconds"), None if unfinished.
+
+    A finished run is not started again: fairseq would resume it and add one more update.
+    """
+    log = os.path.join(out, "run", "hydra_train.log")
+    if not os.path.isfile(log):
+        return None
+    with open(log) as f:
+        found = re.findall(r"done training in ([0-9.]+) seconds", f.read())
+    return float(found[-1]) if found else None
+
+
+def start(command: List[str], cwd: str, threads: int, log_path: str) -> subprocess.Popen:
+    """Like :func:`run` without waiting; the caller waits on the returned process."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    os.makedirs(cwd, exist_ok=True)
+    print(f"$ {' '.join(command)} &", flush=True)
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+
+
+def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
+    """-> {"unlabeled": manifest folder, "esc": folder holding fold1 ... fold5}."""
+    folders = {"unlabeled": os.path.join(args.work_dir, "manifests", "unlabeled"), "esc": os.path.join(args.work_dir, "manifests", args.subset)}
+    if not os.path.isfile(os.path.join(folders["unlabeled"], "train.tsv")):
+        run([os.path.join(BIN_DIR, "logmel-manifest"), args.unlabeled_dir, "--dest", folders["unlabeled"], "--valid-percent", "0.05"],
+            args.work_dir, args.threads, os.path.join(args.work_dir, "manifest_unlabeled.log"))
+    if not os.path.isfile(os.path.join(folders["esc"], "fold5", "valid.tsv")):
+        command = [sys.executable, "-m", "fairseq_logmel_conformer.prepare", "esc50", args.esc50_dir, "--out", folders["esc"], "--jobs", str(args.threads)]
+        run(command + (["--esc10"] if args.subset == "esc10" else []), args.work_dir, args.threads, os.path.join(args.work_dir, f"manifest_{args.subset}.log"))
+    return folders
+
+
+def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
+    """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s"}."""
+    out = os.path.join(args.work_dir, "pretrain")
+    command = [
+        os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
+        f"task.data={manifest_dir}", "common.cpu=true", f"common.seed={args.seed}",
+        f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
+    ]
+    if args.pretrain_updates is not None:
+        command.append(f"optimization.max_update={args.pretrain_updates}")
+    if args.pretrain_minutes is not None:
+        command.append(f"optimization.stop_time_hours={args.pretrain_minutes / 60}")
+    if training_seconds(out) is None:
+        run(command, out, args.threads_pretrain, os.path.join(out, "stdout.log"))
+    return {"checkpoint": os.path.join(out, "checkpoints", "checkpoint_last.pt"), "log": os.path.join(out, "run", "hydra_train.log"),
+            "wall_s": training_seconds(out), "command": " ".join(command)}
+
+
+def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoint: Optional[str]) -> List[str]:
+    """The fine-tuning command line; both arms differ only in where the encoder comes from."""
+    encoder = [f"model.pretrained_path={checkpoint}"] if checkpoint else ["model.pretrained_path=null", f"+encoder={args.config}"]
+    return [
+        os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "finetune_esc50",
+        f"task.data={fold_dir}", *encoder, "common.cpu=true", f"common.seed={args.seed}", "dataset.num_workers=0",
+        f"optimization.max_update={args.finetune_updates}", *([f"optimization.lr=[{args.finetune_lr}]"] if args.finetune_lr else []),
+        f"model.freeze_encoder_updates={args.freeze_encoder_updates}",
+        f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
+    ]
+
+
+def finetune_setting(args: argparse.Namespace) -> str:
+    setting = f"u{args.finetune_updates}_lr{args.finetune_lr or 'config'}"
+    return setting + (f"_freeze{args.freeze_encoder_updates}" if args.freeze_encoder_updates else "")
+
+
+def finetune_fold(args: argparse.Namespace, fold: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
+    """Fine-tune both arms on one fold (concurrently with --parallel), then evaluate each; -> {arm: result}."""
+    setting = finetune_setting(args)
+    outs = {arm: os.path.join(args.work_dir, f"fold{fold}", setting, arm) for arm in ARMS}
+    commands = {arm: finetune_command(args, fold_dir, outs[arm], pretrained if arm == "pretrained" else None) for arm in ARMS}
+    commands_to_run = [arm for arm in ARMS if training_seconds(outs[arm]) is None]
+    if args.parallel:
+        processes = {arm: start(commands[arm], outs[arm], args.threads, os.path.join(outs[arm], "stdout.log")) for arm in commands_to_run}
+        for arm, process in processes.items():
+            if process.wait() != 0:
+                raise SystemExit(f"fine-tuning {arm} on fold {fold} failed, see {outs[arm]}/stdout.log")
+    else:
+        for arm in commands_to_run:
+            run(commands[arm], outs[arm], args.threads, os.path.join(outs[arm], "stdout.log"))
+    results = {}
+    for arm in ARMS:
+        evaluation = os.path.join(outs[arm], "evaluation")
+        command = [os.path.join(BIN_DIR, "logmel-evaluate"), os.path.join(outs[arm], "checkpoints", "checkpoint_last.pt"),
+                   "--split", "valid", "--out", evaluation, "--device", "cpu"]
+        run(command, outs[arm], args.threads, os.path.join(outs[arm], "evaluate.log"))
+        metrics = read_json(os.path.join(evaluation, "metrics.json"))["metrics"]
+        curve = validation_curve(os.path.join(outs[arm], "run", "hydra_train.log"))
+        results[arm] = {
+            "accuracy_last": metrics["accuracy"],
+            "best_valid_accuracy_during_training": max(curve["valid_accuracy"]) if curve["valid_accuracy"] else float("nan"),
+            "metrics": metrics,
+            "curve": curve,
+            "finetune_train_s": training_seconds(outs[arm]),
+            "command": " ".join(commands[arm]),
+        }
+        print(f"fold {fold} {arm}: accuracy {metrics['accuracy']:.4f}", flush=True)
+    return results
+
+
+def read_json(path: str) -> Dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--esc50-dir", required=True, help="ESC-50 folder with meta/esc50.csv and audio/")
+    parser.add_argument("--unlabeled-dir", required=True, help="folder of unlabelled audio for pre-training (searched recursively)")
+    parser.add_argument("--work-dir", required=True, help="folder for manifests, checkpoints and logs (not committed)")
+    parser.add_argument("--subset", choices=("esc10", "esc50"), default="esc10", help="ESC-10 (400 clips, 10 classes) or all of ESC-50")
+    parser.add_argument("--folds", type=int, nargs="+", default=[1], choices=range(1, 6), help="held-out folds to run (1-5)")
+    parser.add_argument("--config", choices=CONFIGS, default="small", help="pretrain_<config> and +encoder=<config>: small (CPU) or the paper's cfS")
+    parser.add_argument("--pretrain-updates", type=int, help="pre-training budget in updates (default: the config's max_update)")
+    parser.add_argument("--pretrain-minutes", type=float, help="pre-training budget in wall minutes (fairseq's stop_time_hours)")
+    parser.add_argument("--finetune-updates", type=int, default=150, help="fine-tuning updates per run (finetune_esc50 uses 4000)")
+    parser.add_argument("--finetune-lr", type=float, help="peak fine-tuning learning rate of both arms (default: finetune_esc50's 1e-4)")
+    parser.add_argument(
+        "--freeze-encoder-updates", type=int, default=0,
+        help="both arms train only the head for this many updates first (model.freeze_encoder_updates)",
+    )
+    parser.add_argument("--seed", type=int, default=1, help="common.seed of every run (both arms use the same)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
+    parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
+    parser.add_argument("--parallel", action="store_true", help="fine-tune both arms of a fold at the same time (one process each)")
+    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_folds<...>)")
+    args = parser.parse_args(argv)
+    args.work_dir = os.path.abspath(args.work_dir)
+    args.esc50_dir, args.unlabeled_dir = os.path.abspath(args.esc50_dir), os.path.abspath(args.unlabeled_dir)
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    began = time.perf_counter()
+    tag = args.tag or f"{args.subset}_{args.config}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}"
+    manifests = build_manifests(args)
+    pretraining = pretrain(args, manifests["unlabeled"])
+    pretraining["curve"] = pretraining_curve(pretraining["log"])
+    folds = {f"fold{fold}": finetune_fold(args, fold, os.path.join(manifests["esc"], f"fold{fold}"), pretraining["checkpoint"]) for fold in args.folds}
+    summary = {arm: float(np.mean([folds[f][arm]["accuracy_last"] for f in folds])) for arm in ARMS}
+    summary["difference_points"] = round(100 * (summary["pretrained"] - summary["scratch"]), 2)
+    total_wall = time.perf_counter() - began
+    settings = {key: value for key, value in vars(args).items()}
+    settings["total_wall_s"] = round(total_wall, 1)
+    results = {"summary": summary, "pretraining": pretraining, "folds": folds, "paper": PAPER_RESULTS}
+    base = os.path.join(RESULTS_DIR, f"{BENCHMARK}_{tag}")
+    notes = [
+        "accuracy_last: logmel-evaluate on the held-out fold with the last fine-tuning checkpoint (no model selection on the test fold)",
+        "best_valid_accuracy_during_training is the best epoch on the held-out fold itself: optimistic, for the curves only",
+    ]
+    write_json(base + ".json", BENCHMARK, settings, results, "cpu", notes)
+    write_figure(base + ".png", pretraining["curve"], {fold: {arm: folds[fold][arm]["curve"] for arm in ARMS} for fold in folds}, tag)
+    write_markdown(base + ".md", settings, summary, pretraining, folds, os.path.basename(base + ".png"))
+    print(f"pre-trained {100 * summary['pretrained']:.1f}% vs scratch {100 * summary['scratch']:.1f}% ({summary['difference_points']:+.1f} points)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

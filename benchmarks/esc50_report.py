@@ -1,0 +1,122 @@
+"""Curves, figure and markdown table of :mod:`benchmarks.esc50_pretrain_vs_scratch`.
+
+fairseq writes one JSON object per log line (``common.log_format=json``):
+``[train_inner][INFO] - {...}`` during training and ``[valid][INFO] - {...}``
+after each validation; the curves are read back from hydra's ``hydra_train.log``.
+"""
+import json
+import math
+from typing import Dict, List
+
+ARMS = ("pretrained", "scratch")
+
+# Srivastava et al. (ICASSP 2022): Table 3 (ESC-50, 5-fold accuracy, pre-trained on AudioSet without labels)
+# and Table 1 (Balanced AudioSet mAP with and without pre-training), for the README's comparison.
+PAPER_RESULTS = {
+    "esc50_accuracy_cf_S_pretrained": 0.807,
+    "esc50_accuracy_cf_L_pretrained": 0.880,
+    "balanced_audioset_mAP_pretrained": 0.276,
+    "balanced_audioset_mAP_scratch": 0.138,
+    "pretraining_audio": "AudioSet, about 5,000 hours (1.9M clips of 10 s), no labels",
+}
+
+
+def read_log(path: str, logger: str) -> List[Dict]:
+    """The JSON records that ``logger`` (e.g. ``valid``, ``train_inner``) wrote to a hydra_train.log."""
+    marker = f"[{logger}][INFO] - "
+    records = []
+    with open(path) as f:
+        for line in f:
+            if marker in line:
+                payload = line.split(marker, 1)[1].strip()
+                if payload.startswith("{"):
+                    records.append(json.loads(payload))
+    return records
+
+
+def validation_curve(log_path: str) -> Dict[str, List[float]]:
+    """Fine-tuning run -> {"num_updates": [...], "valid_accuracy": [...]}, one point per validation."""
+    records = read_log(log_path, "valid")
+    return {
+        "num_updates": [int(float(r["valid_num_updates"])) for r in records],
+        "valid_accuracy": [float(r["valid_accuracy"]) for r in records],
+    }
+
+
+def pretraining_curve(log_path: str) -> Dict[str, List[float]]:
+    """Pre-training run -> contrastive accuracy and loss of the training log lines and of each validation."""
+    train = read_log(log_path, "train_inner")
+    valid = read_log(log_path, "valid")
+    return {
+        "train_updates": [int(float(r["num_updates"])) for r in train],
+        "train_accuracy": [float(r["accuracy"]) for r in train],
+        "train_loss": [float(r["loss"]) for r in train],
+        "valid_updates": [int(float(r["valid_num_updates"])) for r in valid],
+        "valid_accuracy": [float(r["valid_accuracy"]) for r in valid],
+        "valid_loss": [float(r["valid_loss"]) for r in valid],
+    }
+
+
+def write_figure(path: str, pretraining: Dict[str, List[float]], folds: Dict[str, Dict[str, Dict[str, List[float]]]], title: str) -> None:
+    """Left: pre-training contrastive accuracy; right: held-out accuracy of both arms for every fold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(pretraining["train_updates"], pretraining["train_accuracy"], color="0.6", lw=0.8, label="train")
+    left.plot(pretraining["valid_updates"], pretraining["valid_accuracy"], "o-", color="C2", ms=3, label="valid (held-out unlabelled clips)")
+    left.set(xlabel="pre-training update", ylabel="contrastive accuracy", title="pre-training: positive ranked first", ylim=(0, 1))
+    left.legend(loc="lower right", fontsize=8)
+    styles = {"pretrained": "C0", "scratch": "C3"}
+    for fold, arms in folds.items():
+        for arm, curve in arms.items():
+            right.plot(curve["num_updates"], curve["valid_accuracy"], "o-", ms=3, color=styles[arm], label=f"{fold} {arm}",
+                       alpha=1.0 if len(folds) == 1 else 0.7)
+    right.set(xlabel="fine-tuning update", ylabel="accuracy on the held-out fold", title=f"fine-tuning ({title})", ylim=(0, 1))
+    right.legend(loc="lower right", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    print(f"wrote {path}")
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, folds: Dict[str, Dict], figure: str) -> None:
+    """A results table in markdown, one row per fold and the mean, with the settings that produced it."""
+    lines = [
+        f"# ESC pre-trained vs from scratch: {settings['subset']}, config {settings['config']}, folds {settings['folds']}",
+        "",
+        "| fold | pre-trained acc. (%) | from scratch acc. (%) | difference (points) | best epoch pre-trained / scratch (%) |",
+        "|---|---|---|---|---|",
+    ]
+    for fold, arms in folds.items():
+        p, s = arms["pretrained"], arms["scratch"]
+        lines.append(
+            f"| {fold} | {_percent(p['accuracy_last'])} | {_percent(s['accuracy_last'])} | {100 * (p['accuracy_last'] - s['accuracy_last']):+.1f} "
+            f"| {_percent(p['best_valid_accuracy_during_training'])} / {_percent(s['best_valid_accuracy_during_training'])} |"
+        )
+    lines.append(f"| mean | {_percent(summary['pretrained'])} | {_percent(summary['scratch'])} | {summary['difference_points']:+.1f} | |")
+    curve = pretraining["curve"]
+    last_valid = curve["valid_accuracy"][-1] if curve["valid_accuracy"] else float("nan")
+    lines += [
+        "",
+        "Accuracy: `logmel-evaluate` on the held-out fold with the last checkpoint of each run (no selection on the test fold);",
+        "the best-epoch column is read off the validation curve and is optimistic.",
+        f"Pre-training: `pretrain_{settings['config']}`, {curve['valid_updates'][-1] if curve['valid_updates'] else 0} updates, "
+        f"{pretraining['wall_s'] / 60:.1f} min wall, final contrastive accuracy on held-out unlabelled clips {_percent(last_valid)}%.",
+        f"Fine-tuning: `finetune_esc50`, {settings['finetune_updates']} updates per run, peak learning rate "
+        f"{settings['finetune_lr'] or 'of the config (1e-4)'}, seed {settings['seed']}, "
+        f"{settings['threads']} thread(s) per run{', both arms at once' if settings['parallel'] else ''}.",
+        f"Total wall time {settings['total_wall_s'] / 60:.1f} min.",
+        "",
+        f"![validation accuracy]({figure})",
+        "",
+    ]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {path}")
