@@ -15,14 +15,17 @@ BIN_DIR = os.path.dirname(sys.executable)
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def write_labelled_corpus(folder, num_train, num_valid, seconds=(1.0, 3.0), seed=0):
+    """Generated clips of the SOUND_CLASSES with train/valid manifests, label files and labels.txt in ``folder``."""
+    clips = write_dataset(folder, num_clips=num_train + num_valid, seconds=seconds, seed=seed)
+    write_label_files(folder, clips[:num_train], "train", classes=SOUND_CLASSES)
+    write_label_files(folder, clips[num_train:], "valid")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def labelled_corpus(tmp_path_factory):
-    """Generated clips of the five SOUND_CLASSES with train/valid manifests, label files and labels.txt."""
-    folder = str(tmp_path_factory.mktemp("corpus"))
-    clips = write_dataset(folder, num_clips=30, seconds=(1.0, 3.0), seed=0)
-    write_label_files(folder, clips[:20], "train", classes=SOUND_CLASSES)
-    write_label_files(folder, clips[20:], "valid")
-    return folder
+    return write_labelled_corpus(str(tmp_path_factory.mktemp("corpus")), num_train=20, num_valid=10)
 
 
 def run_cli(args, cwd, timeout=600, env=None):

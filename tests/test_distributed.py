@@ -19,9 +19,8 @@ import subprocess
 import pytest
 import torch
 
-from fairseq_logmel_conformer.data.synthetic import write_dataset, write_label_files
 
-from conftest import BIN_DIR, REPO_ROOT, hydra_train
+from conftest import BIN_DIR, REPO_ROOT, hydra_train, write_labelled_corpus
 
 PROBE = '''
 import atexit
@@ -74,11 +73,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("dist_corpus"))
-    clips = write_dataset(folder, num_clips=20, seconds=(1.0, 1.0), seed=3)
-    write_label_files(folder, clips[:16], "train")
-    write_label_files(folder, clips[16:], "valid")
-    return folder
+    return write_labelled_corpus(str(tmp_path_factory.mktemp("dist_corpus")), num_train=16, num_valid=4, seconds=(1.0, 1.0), seed=3)
 
 
 def write_probe(folder) -> str:

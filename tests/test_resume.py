@@ -16,8 +16,7 @@ import time
 import pytest
 import torch
 
-from conftest import BIN_DIR, REPO_ROOT, hydra_train, run_cli
-from fairseq_logmel_conformer.data.synthetic import write_dataset, write_label_files
+from conftest import BIN_DIR, REPO_ROOT, hydra_train, run_cli, write_labelled_corpus
 
 # 64 one-second clips, 4 per batch: 16 updates per epoch, so every save (each 4 updates) of a run of
 # 14 updates is mid-epoch, and a kill that comes late still leaves a mid-epoch checkpoint_last.pt.
@@ -32,11 +31,7 @@ LOGGED = ("loss", "lr", "accuracy", "gnorm")
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("resume_corpus"))
-    clips = write_dataset(folder, num_clips=68, seconds=(1.0, 1.0), seed=5)
-    write_label_files(folder, clips[:64], "train")
-    write_label_files(folder, clips[64:], "valid")
-    return folder
+    return write_labelled_corpus(str(tmp_path_factory.mktemp("resume_corpus")), num_train=64, num_valid=4, seconds=(1.0, 1.0), seed=5)
 
 
 def command(corpus: str, workdir: str, max_update: int):
