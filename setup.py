@@ -9,7 +9,7 @@ setup(
     python_requires=">=3.8",
     packages=find_packages(include=["fairseq_logmel_conformer", "fairseq_logmel_conformer.*"])
     + find_namespace_packages(include=["hydra_plugins.*"]),
-    package_data={"fairseq_logmel_conformer": ["config/*/*.yaml"]},
+    package_data={"fairseq_logmel_conformer": ["config/*/*.yaml", "config/*/*/*.yaml"]},
     install_requires=[
         "torch==2.9.1",
         "torchaudio==2.9.1",

@@ -210,3 +210,15 @@ def test_batches_count_long_clips_at_their_cropped_length(labelled_audio):
     assert audio.num_tokens(long_clip) == audio.size(long_clip) == audio.max_sample_size
     batches = audio.batch_by_size(audio.ordered_indices(), max_tokens=4 * audio.max_sample_size)
     assert max(len(b) for b in batches) == 4, "four cropped clips fit in a batch of four crops"
+
+
+def test_unpadded_batches_carry_no_padding_mask(labelled_audio):
+    audio, _ = labelled_audio
+    equal = audio.collater([audio[i] for i in range(3)])  # every clip is cropped to max_sample_size
+    assert equal["net_input"]["padding_mask"] is None
+    audio.max_sample_size = 10 ** 9
+    try:
+        mixed = audio.collater([audio[i] for i in range(3)])
+    finally:
+        audio.max_sample_size = 16000
+    assert mixed["net_input"]["padding_mask"].any()

@@ -18,6 +18,7 @@ that fails to decode (e.g. a truncated FLAC), a file with no samples, and a
 file holding NaN or Inf samples (float formats can store them; they would turn
 the loss into NaN).
 """
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -53,8 +54,14 @@ def to_mono_at_rate(samples: torch.Tensor, sample_rate: int, target_rate: int) -
     elif samples.dim() != 1:
         raise ValueError(f"expected samples of shape (S,) or (S, C), got {tuple(samples.shape)}")
     if sample_rate != target_rate:
-        samples = torchaudio.functional.resample(samples, sample_rate, target_rate)
+        samples = resampler(sample_rate, target_rate)(samples)
     return samples
+
+
+@functools.lru_cache(maxsize=None)
+def resampler(source_rate: int, target_rate: int) -> torchaudio.transforms.Resample:
+    """torchaudio's resampler for one pair of rates, built once: its sinc kernel is the costly part."""
+    return torchaudio.transforms.Resample(source_rate, target_rate)
 
 
 def open_audio_file(path: str) -> sf.SoundFile:

@@ -1,0 +1,187 @@
+"""Training-step throughput (audio seconds per wall second) and peak memory, side by side with fairseq's wav2vec 2.0.
+
+One step = forward, backward and optimizer update on one fixed batch of
+``--clips`` clips of ``--seconds`` seconds (the same batch audio for every
+configuration). Configurations are ``MODEL_PATH`` names: the model is one of
+``cfS``, ``cfL`` (ours), ``w2v2_base`` (fairseq's wav2vec2_base_librispeech.yaml:
+raw waveform, transformer, quantizer), ``w2v2_conformer``
+(wav2vec2_conformer_base_librispeech.yaml: the same width and depth with
+conformer layers); the path is ``trainer`` (fairseq's ``Trainer.train_step``,
+what fairseq-hydra-train runs) or ``bare`` (a plain PyTorch loop, the
+trainer-overhead reference). Each configuration lives in its own process, the
+repetitions are interleaved across configurations, and the median step is reported.
+
+    python -m benchmarks.bench_train_throughput --device cuda --precision bf16 --peak-tflops 989
+"""
+import argparse
+import logging
+import os
+import tempfile
+from typing import Dict, List
+
+import torch
+
+from .common import (
+    PRECISIONS,
+    SAMPLE_RATE,
+    TrainingRunner,
+    Worker,
+    WorkerError,
+    check_device,
+    default_output,
+    last_line,
+    summarize,
+    write_corpus,
+    write_json,
+)
+
+DEFAULT_CONFIGS = "cfS_trainer,cfS_bare,cfL_trainer,cfL_bare,w2v2_base_trainer,w2v2_conformer_trainer"
+# The issue's targets: cf_L at least 8x wav2vec 2.0 base per audio second; fairseq's trainer at most 15% over a bare loop.
+TARGET_SPEEDUP_OVER_W2V2 = 8.0
+TARGET_TRAINER_OVERHEAD = 0.15
+
+
+def parse_config(name: str):
+    model, _, path = name.rpartition("_")
+    if not model or path not in ("trainer", "bare"):
+        raise argparse.ArgumentTypeError(f"configuration {name!r} is not MODEL_trainer or MODEL_bare")
+    return model, path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fairseq's common.fp16 / common.bf16 on the trainer path, autocast on the bare path")
+    parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="comma-separated MODEL_PATH names")
+    parser.add_argument("--clips", type=int, default=8, help="clips per batch")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each clip")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration and repetition")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed steps before the first repetition (default 1 on cpu, 3 on cuda)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (default: torch's)")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak dense TFLOP/s at --precision, to report model FLOP utilisation (MFU)")
+    parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/bench_train_throughput_<device>.json)")
+    return parser.parse_args(argv)
+
+
+def ratios(configs: Dict[str, Dict]) -> Dict[str, float]:
+    """Throughput of each of our configurations over wav2vec 2.0 base, and each trainer's overhead over its bare loop."""
+    throughput = {name: c["audio_s_per_s"] for name, c in configs.items() if "audio_s_per_s" in c}
+    out = {}
+    for name, value in throughput.items():
+        model, path = parse_config(name)
+        for reference in ("w2v2_base", "w2v2_conformer"):
+            if f"{reference}_{path}" in throughput and not model.startswith("w2v2"):
+                out[f"{name}_over_{reference}_{path}"] = value / throughput[f"{reference}_{path}"]
+        if path == "trainer" and f"{model}_bare" in throughput:
+            out[f"{model}_trainer_overhead"] = throughput[f"{model}_bare"] / value - 1.0
+    return out
+
+
+def targets(ratio: Dict[str, float]) -> Dict[str, Dict]:
+    checks = {}
+    if "cfL_trainer_over_w2v2_base_trainer" in ratio:
+        value = ratio["cfL_trainer_over_w2v2_base_trainer"]
+        checks["cfL_at_least_8x_w2v2_base"] = {"value": value, "target": TARGET_SPEEDUP_OVER_W2V2, "met": value >= TARGET_SPEEDUP_OVER_W2V2}
+    for model in ("cfS", "cfL"):
+        key = f"{model}_trainer_overhead"
+        if key in ratio:
+            checks[f"{model}_trainer_overhead_at_most_15pct"] = {
+                "value": ratio[key], "target": TARGET_TRAINER_OVERHEAD, "met": ratio[key] <= TARGET_TRAINER_OVERHEAD
+            }
+    return checks
+
+
+def run(args: argparse.Namespace, data: str) -> Dict:
+    names: List[str] = [n.strip() for n in args.configs.split(",") if n.strip()]
+    warmup = args.warmup if args.warmup is not None else (3 if args.device == "cuda" else 1)
+    # The workers hand their cached CUDA memory back between commands; one untimed step re-fills it.
+    rep_warmup = 1 if args.device == "cuda" else 0
+    clip_samples = int(args.seconds * SAMPLE_RATE)
+    workers: Dict[str, Worker] = {}
+    configs: Dict[str, Dict] = {}
+    for name in names:
+        model, path = parse_config(name)
+        kwargs = dict(model=model, path=path, device=args.device, precision=args.precision, data=data,
+                      num_clips=args.clips, clip_samples=clip_samples)
+        workers[name] = Worker(TrainingRunner, kwargs, args.threads)
+        configs[name] = {"model": model, "path": path, "step_times_s": []}
+
+    def attempt(name, action):
+        if "error" in configs[name]:
+            return None
+        try:
+            return action(workers[name])
+        except WorkerError as error:
+            configs[name]["error"] = last_line(str(error))
+            logging.error(f"{name} failed:\n{error}")
+            return None
+
+    for name in names:
+        info = attempt(name, lambda w: w.ready())
+        if info:
+            configs[name].update(info)
+        attempt(name, lambda w: w.call("time_steps", warmup=warmup, steps=0))
+    for rep in range(args.reps):
+        # Rotate the order so that no configuration always runs first (or right after the slowest).
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            times = attempt(name, lambda w: w.call("time_steps", warmup=rep_warmup, steps=args.steps))
+            if times:
+                configs[name]["step_times_s"].extend(times)
+                logging.info(f"rep {rep} {name}: {', '.join(f'{t:.3f}' for t in times)} s")
+    for name in names:
+        diagnostics = attempt(name, lambda w: w.call("diagnostics"))
+        if diagnostics:
+            configs[name].update(diagnostics)
+        memory = attempt(name, lambda w: w.stop())
+        if memory:
+            configs[name].update(memory)
+        entry = configs[name]
+        if entry["step_times_s"]:
+            entry["step"] = summarize(entry["step_times_s"])
+            median = entry["step"]["median_s"]
+            entry["audio_s_per_s"] = entry["batch_seconds"] / median
+            if entry.get("flops_per_step"):
+                entry["tflops_per_s"] = entry["flops_per_step"] / median / 1e12
+                if args.peak_tflops:
+                    entry["mfu"] = entry["tflops_per_s"] / args.peak_tflops
+    ratio = ratios(configs)
+    return {"configs": configs, "ratios": ratio, "targets": targets(ratio)}
+
+
+def print_table(results: Dict) -> None:
+    print(f"{'config':<24}{'step s':>10}{'audio s/s':>12}{'peak MiB':>12}{'TFLOP/s':>10}")
+    for name, c in results["configs"].items():
+        if "error" in c:
+            print(f"{name:<24}  failed: {c['error']}")
+            continue
+        print(f"{name:<24}{c['step']['median_s']:>10.3f}{c['audio_s_per_s']:>12.2f}{c.get('peak_memory_mib', float('nan')):>12.0f}"
+              f"{c.get('tflops_per_s', float('nan')):>10.3f}")
+    for key, value in results["ratios"].items():
+        print(f"{key}: {value:.3f}")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    check_device(args.device)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    with tempfile.TemporaryDirectory() as data:
+        write_corpus(data, args.clips, args.seconds)
+        os.makedirs(os.path.join(data, "checkpoints"))
+        results = run(args, data)
+    print_table(results)
+    settings = {k: v for k, v in vars(args).items() if k != "output"}
+    settings["threads_used"] = args.threads or torch.get_num_threads()
+    notes = [
+        "Each configuration runs in its own process; repetitions are interleaved and rotated; medians over all timed steps.",
+        "Peak memory: torch.cuda.max_memory_allocated on cuda (fairseq's per-update reset disabled), "
+        "the process's ru_maxrss on cpu (includes Python, torch and the dataset; compare memory_before_steps_mib).",
+        "flops_per_step: FlopCounterMode over one update, depthwise-convolution backward corrected (see common.count_step_flops).",
+    ]
+    write_json(args.output or default_output("bench_train_throughput", args.device), "bench_train_throughput", settings, results, args.device, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,552 @@
+"""Shared helpers of the benchmarks: machine description, JSON output, timing, fairseq configs, training steps.
+
+Every benchmark builds its models the way ``fairseq-hydra-train`` does (Hydra
+composes the same YAML files, then fairseq's ``add_defaults``), so the numbers
+describe the configurations users train. Configurations that need their own
+peak memory run in a fresh worker process each (:class:`Worker`): CPU peak
+memory is the process's ``ru_maxrss`` (torch allocates outside Python's heap,
+so ``tracemalloc`` sees none of it), CUDA peak memory is
+``torch.cuda.max_memory_allocated``.
+"""
+import ast
+import ctypes
+import datetime
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import re
+import resource
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Sequence
+
+import fairseq
+import numpy as np
+import torch
+from fairseq.dataclass.initialize import add_defaults, hydra_init
+from fairseq.dataclass.utils import omegaconf_no_object_check
+from fairseq.utils import move_to_cuda
+from omegaconf import DictConfig, OmegaConf
+
+import fairseq_logmel_conformer  # noqa: F401  (registers the plugin's task, model and criterion)
+from fairseq_logmel_conformer.cli.make_manifest import write_manifest
+from fairseq_logmel_conformer.data.synthetic import write_dataset
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+FAIRSEQ_CONFIG_DIR = os.path.join(os.path.dirname(fairseq.__file__), "config")
+WAV2VEC_CONFIG_DIR = os.path.join(os.path.dirname(fairseq.__file__), "examples", "wav2vec", "config", "pretraining")
+SAMPLE_RATE = 16000
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A pre-training configuration: the Hydra primary config and the folder it is composed from."""
+
+    config_name: str
+    config_dir: str
+
+
+# Our configs are found through the plugin's Hydra search path, as with fairseq-hydra-train.
+MODELS: Dict[str, ModelSpec] = {
+    "tiny": ModelSpec("pretrain_tiny", FAIRSEQ_CONFIG_DIR),
+    "cfS": ModelSpec("pretrain_cfS", FAIRSEQ_CONFIG_DIR),
+    "cfL": ModelSpec("pretrain_cfL", FAIRSEQ_CONFIG_DIR),
+    "w2v2_base": ModelSpec("wav2vec2_base_librispeech", WAV2VEC_CONFIG_DIR),
+    "w2v2_conformer": ModelSpec("wav2vec2_conformer_base_librispeech", WAV2VEC_CONFIG_DIR),
+}
+
+
+def patch_fairseq_conformer_encoder() -> None:
+    """Let fairseq 0.12's wav2vec 2.0 conformer build and run (facebookresearch/fairseq#5386, fixed upstream by #5176).
+
+    ``TransformerEncoder`` passes ``layer_idx`` to ``build_encoder_layer`` and
+    ``corpus_key`` to ``extract_features``; ``ConformerEncoder`` overrides both
+    without those arguments, so ``layer_type: conformer`` fails in this release.
+    """
+    from fairseq.models.wav2vec.wav2vec2 import ConformerEncoder
+
+    if getattr(ConformerEncoder, "_benchmark_patched", False):
+        return
+    build, extract = ConformerEncoder.build_encoder_layer, ConformerEncoder.extract_features
+
+    def build_encoder_layer(self, args, **kwargs):
+        return build(self, args)
+
+    def extract_features(self, x, padding_mask=None, tgt_layer=None, **kwargs):
+        return extract(self, x, padding_mask, tgt_layer)
+
+    ConformerEncoder.build_encoder_layer = build_encoder_layer
+    ConformerEncoder.extract_features = extract_features
+    ConformerEncoder._benchmark_patched = True
+
+
+patch_fairseq_conformer_encoder()
+
+
+# ----------------------------------------------------------------------------- machine and output
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: str) -> Dict:
+    """CPU model, cores, threads, memory, library versions and (for cuda) the GPU."""
+    import torchaudio
+
+    description = {
+        "cpu": cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "load_average_1min_at_start": os.getloadavg()[0],
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchaudio": torchaudio.__version__,
+        "fairseq": fairseq.__version__,
+        "device": device,
+    }
+    if device == "cuda":
+        properties = torch.cuda.get_device_properties(0)
+        description.update(
+            gpu=properties.name,
+            gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
+    return description
+
+
+def write_json(path: str, benchmark: str, settings: Dict, results, device: str, notes: Sequence[str] = ()) -> None:
+    """Write one benchmark run: what ran (command, settings), where (machine), and its results."""
+    payload = {
+        "benchmark": benchmark,
+        "command": " ".join([os.path.basename(sys.executable), "-m", f"benchmarks.{benchmark}"] + sys.argv[1:]),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_description(device),
+        "settings": settings,
+        "notes": list(notes),
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=1)
+        f.write("\n")
+    print(f"wrote {path}")
+
+
+def default_output(benchmark: str, device: str) -> str:
+    return os.path.join(RESULTS_DIR, f"{benchmark}_{device}.json")
+
+
+def check_device(device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda was asked for, but torch sees no CUDA device")
+
+
+# ----------------------------------------------------------------------------- timing and memory
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object], device: str) -> float:
+    """Wall seconds of one call of ``fn``, with the device queue drained before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def summarize(seconds: Sequence[float]) -> Dict:
+    """Median, min, max and count of a list of timings."""
+    return {
+        "median_s": statistics.median(seconds),
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "n": len(seconds),
+    }
+
+
+def peak_memory_mib(device: str) -> float:
+    """Peak memory of this process so far: CUDA allocated bytes, or the CPU resident set (ru_maxrss)."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    # Linux reports ru_maxrss in KiB.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------- data and configs
+
+
+def write_corpus(folder: str, num_clips: int, seconds: float, source_rate: int = SAMPLE_RATE, extension: str = "wav") -> str:
+    """Generated clips of ``seconds`` each and a ``train.tsv`` manifest (sizes at 16 kHz); returns ``folder``."""
+    clips = write_dataset(folder, num_clips, sample_rate=source_rate, seconds=(seconds, seconds), extension=extension)
+    entries = [(c["path"], int(np.ceil(c["num_samples"] * SAMPLE_RATE / source_rate))) for c in clips]
+    write_manifest(os.path.join(folder, "train.tsv"), os.path.abspath(folder), entries)
+    return folder
+
+
+def precision_overrides(precision: str) -> List[str]:
+    """fairseq's own switches: fp16 halves the model with dynamic loss scaling, bf16 casts it to bfloat16."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return [f"common.fp16={precision == 'fp16'}", f"common.bf16={precision == 'bf16'}"]
+
+
+def load_config(model: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose a pre-training config as ``fairseq-hydra-train --config-name`` would, with ``overrides``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; expected one of {sorted(MODELS)}")
+    spec = MODELS[model]
+    hydra_init(spec.config_name)
+    GlobalHydra.instance().clear()
+    # fairseq-hydra-train runs Hydra with 1.1 semantics, which the wav2vec YAMLs' '@package _group_' headers need.
+    with warnings.catch_warnings(), initialize_config_dir(config_dir=spec.config_dir, version_base="1.1"):
+        warnings.simplefilter("ignore", UserWarning)
+        cfg = compose(config_name=spec.config_name, overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    add_defaults(cfg)
+    with omegaconf_no_object_check():
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def training_overrides(data: str, device: str, precision: str, clip_samples: int, save_dir: str) -> List[str]:
+    """Overrides that make every model train on the same single-process batches of ``clip_samples`` clips."""
+    return [
+        f"task.data={data}",
+        f"task.max_sample_size={clip_samples}",
+        f"task.min_sample_size={clip_samples}",
+        f"common.cpu={device == 'cpu'}",
+        "distributed_training.distributed_world_size=1",
+        "dataset.num_workers=0",
+        f"checkpoint.save_dir={save_dir}",
+    ] + precision_overrides(precision)
+
+
+def adam_betas(cfg: DictConfig):
+    """fairseq keeps Adam's betas as a string such as '(0.9,0.98)'."""
+    betas = cfg.optimizer.adam_betas
+    return ast.literal_eval(betas) if isinstance(betas, str) else tuple(betas)
+
+
+# ----------------------------------------------------------------------------- training steps
+
+
+class BareTrainStep:
+    """The trainer-overhead reference: forward, backward, clip, AdamW step in plain PyTorch.
+
+    The same criterion and model as fairseq's Trainer, the gradient of
+    ``loss / sample_size`` (fairseq sums the loss and divides the gradients by
+    the sample size), the same clip norm and Adam settings (fairseq's Adam
+    decays weights decoupled, like AdamW). Mixed precision is autocast (plus a
+    GradScaler for fp16) over fp32 weights; fairseq's Trainer instead halves
+    the weights and keeps fp32 master copies.
+    """
+
+    def __init__(self, model: torch.nn.Module, criterion: torch.nn.Module, cfg: DictConfig, device: str, precision: str, lr: Optional[float] = None):
+        self.model = model.to(device).train()
+        self.criterion = criterion.to(device).train()
+        self.device = device
+        self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.clip_norm = cfg.optimization.clip_norm
+        self.optimizer = torch.optim.AdamW(
+            self.params,
+            lr=cfg.optimization.lr[0] if lr is None else lr,
+            betas=adam_betas(cfg),
+            eps=cfg.optimizer.adam_eps,
+            weight_decay=cfg.optimizer.weight_decay,
+            fused=device == "cuda",
+        )
+        self.scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def __call__(self, sample: Dict) -> torch.Tensor:
+        """One update on ``sample`` (a collated batch, on the CPU); returns the summed loss."""
+        if self.device == "cuda":
+            sample = move_to_cuda(sample)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            loss, sample_size, _ = self.criterion(self.model, sample)
+        self.scaler.scale(loss / sample_size).backward()
+        if self.clip_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
+
+
+class TrainingRunner:
+    """One model configuration ready to take training steps on one fixed batch.
+
+    ``path`` is ``trainer`` (fairseq's ``Trainer.train_step``, what
+    ``fairseq-hydra-train`` runs each update) or ``bare`` (:class:`BareTrainStep`).
+    The batch is the first ``num_clips`` clips of ``data``'s train manifest,
+    read and collated by the task's own dataset.
+    """
+
+    def __init__(self, model: str, path: str, device: str, precision: str, data: str, num_clips: int, clip_samples: int, lr: Optional[float] = None):
+        from fairseq import tasks, utils
+        from fairseq.trainer import Trainer
+
+        if path not in ("trainer", "bare"):
+            raise ValueError(f"path must be 'trainer' or 'bare', got {path!r}")
+        self.model_name, self.path, self.device, self.precision = model, path, device, precision
+        self.cfg = load_config(model, training_overrides(data, device, precision, clip_samples, os.path.join(data, "checkpoints")))
+        # The same seeding as fairseq_cli.train, so that both paths start from the same weights.
+        np.random.seed(self.cfg.common.seed)
+        utils.set_torch_seed(self.cfg.common.seed)
+        self.task = tasks.setup_task(self.cfg.task)
+        self.task.load_dataset("train")
+        dataset = self.task.dataset("train")
+        if len(dataset) < num_clips:
+            raise ValueError(f"asked for {num_clips} clips, the manifest in {data} has {len(dataset)} usable clips")
+        self.sample = dataset.collater([dataset[i] for i in range(num_clips)])
+        self.batch_seconds = float(self.sample["net_input"]["source"].numel()) / SAMPLE_RATE
+        model_module = self.task.build_model(self.cfg.model)
+        criterion = self.task.build_criterion(self.cfg.criterion)
+        self.num_parameters = sum(p.numel() for p in model_module.parameters())
+        if path == "trainer":
+            self.trainer = Trainer(self.cfg, self.task, model_module, criterion)
+            # What fairseq_cli.train does before the first update (sets the warm-up learning rate).
+            self.trainer.begin_epoch(1)
+            self.model, self.criterion = self.trainer.model, self.trainer.criterion
+        else:
+            self.bare = BareTrainStep(model_module, criterion, self.cfg, device, precision, lr)
+            self.model, self.criterion = self.bare.model, self.bare.criterion
+
+    def step(self) -> None:
+        if self.path == "trainer":
+            from fairseq import metrics
+
+            # fairseq_cli.train wraps each update in this aggregator and logs it every log_interval updates.
+            with metrics.aggregate("train_inner"):
+                if self.trainer.train_step([self.sample]) is None:
+                    raise RuntimeError(f"{self.model_name}: fairseq skipped the update (out of memory?)")
+        else:
+            self.bare(self.sample)
+
+    def time_steps(self, warmup: int, steps: int) -> List[float]:
+        """``warmup`` untimed steps, then the seconds of each of ``steps`` steps."""
+        for _ in range(warmup):
+            self.step()
+        return [time_call(self.step, self.device) for _ in range(steps)]
+
+    def attention_shape(self) -> Dict[str, int]:
+        """Sequence length, width and depth of the attention stack for this batch (for the FLOP estimate)."""
+        model = self.trainer.get_model() if self.path == "trainer" else self.model
+        samples = self.sample["net_input"]["source"].shape[1]
+        if hasattr(model, "samples_per_step"):
+            steps = (1 + samples // model.frontend.hop_length) // model.feature_encoder.stack
+            return {"steps": int(steps), "dim": self.cfg.model.encoder_dim, "layers": self.cfg.model.encoder_layers}
+        steps = int(model._get_feat_extract_output_lengths(torch.tensor(samples)))
+        return {"steps": steps, "dim": self.cfg.model.encoder_embed_dim, "layers": self.cfg.model.encoder_layers}
+
+    def diagnostics(self, profile: bool = True) -> Dict:
+        """FLOPs of one step; with ``profile``, also the attention kernels it runs, the optimizer step alone,
+        and (on CUDA) its host-device syncs."""
+        shape = self.attention_shape()
+        batch = self.sample["net_input"]["source"].shape[0]
+        # QK^T and attention-times-V: 2 * T^2 * d multiply-adds each, forward; backward costs twice that.
+        attention = 3 * 4 * batch * shape["steps"] ** 2 * shape["dim"] * shape["layers"]
+        report = {"attention_shape": shape, "attention_flops_estimate": attention}
+        report.update(count_step_flops(self.step))
+        report["attention_flop_share"] = attention / report["flops_per_step"] if report["flops_per_step"] else None
+        if not profile:
+            return report
+        report["attention_ops"] = attention_ops(self.step, self.device)
+        optimizer = self.trainer.optimizer if self.path == "trainer" else self.bare.optimizer
+        # The update alone, on the gradients the last step left: fairseq's Adam against torch's AdamW.
+        report["optimizer_step"] = summarize([time_call(optimizer.step, self.device) for _ in range(3)])
+        if self.device == "cuda":
+            report["host_syncs"] = host_syncs(self.step)
+        return report
+
+
+def count_step_flops(step: Callable[[], None]) -> Dict:
+    """FLOPs of one call of ``step`` from ``torch.utils.flop_counter.FlopCounterMode``.
+
+    torch 2.9's counter charges ``convolution_backward`` as a dense
+    convolution whatever its ``groups`` (a depthwise kernel of 256 channels
+    gets 256x its cost); the backward is counted here as twice the forward
+    instead (gradients for input and weight).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    by_op = {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    raw = sum(by_op.values())
+    corrected = raw - by_op.get("aten.convolution_backward", 0) + 2 * by_op.get("aten.convolution", 0)
+    return {"flops_per_step": corrected, "flops_by_op": by_op}
+
+
+ATTENTION_OP = re.compile(r"scaled_dot_product|flash|fmha|efficient_attention|attention_math|cudnn.*attention", re.I)
+
+
+def attention_ops(step: Callable[[], None], device: str) -> Dict[str, int]:
+    """Names (and call counts) of the attention operators and kernels that one call of ``step`` runs.
+
+    ``aten::_scaled_dot_product_flash_attention`` / ``_efficient_attention`` /
+    ``_cudnn_attention`` are the fused CUDA paths, ``..._flash_attention_for_cpu``
+    the fused CPU path and ``_scaled_dot_product_attention_math`` the unfused fallback.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        step()
+        synchronize(device)
+    counts: Dict[str, int] = {}
+    for event in prof.events():
+        if ATTENTION_OP.search(event.name):
+            counts[event.name] = counts.get(event.name, 0) + 1
+    return counts
+
+
+def host_syncs(step: Callable[[], None]) -> Dict:
+    """CUDA only: how many host-device synchronisations one call of ``step`` makes, and from which lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+            torch.cuda.synchronize()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    sites: Dict[str, int] = {}
+    for warning in caught:
+        if "synchroniz" in str(warning.message):
+            site = f"{warning.filename}:{warning.lineno}"
+            sites[site] = sites.get(site, 0) + 1
+    return {"count": sum(sites.values()), "sites": sites}
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+
+def _worker_main(connection, factory: Callable, kwargs: Dict, threads: Optional[int]) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        runner = factory(**kwargs)
+        device = kwargs.get("device", "cpu")
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            # fairseq's Trainer resets the peak after every update to log gb_free; keep the peak of the whole run.
+            torch.cuda.reset_peak_memory_stats = lambda *args, **kw: None
+        connection.send(("ok", {"memory_before_steps_mib": peak_memory_mib(device), **runner_info(runner)}))
+        while True:
+            command, argument = connection.recv()
+            if command == "stop":
+                connection.send(("ok", {"peak_memory_mib": peak_memory_mib(device)}))
+                return
+            result = getattr(runner, command)(**argument)
+            release_memory(runner, device)
+            connection.send(("ok", result))
+    except BaseException:  # report any failure (out of memory included) to the parent instead of dying silently
+        connection.send(("error", traceback.format_exc()))
+
+
+def release_memory(runner, device: str) -> None:
+    """Between commands, hand back what an idle worker does not need: gradients and cached blocks.
+
+    Workers wait side by side (on one GPU, or in the CPU's memory). Both
+    training paths set gradients to None at the start of every step anyway.
+    """
+    model = getattr(runner, "model", None)
+    if model is not None:
+        for parameter in model.parameters():
+            parameter.grad = None
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    elif sys.platform.startswith("linux"):
+        # glibc keeps freed activations in its heap; give them back to the system.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def runner_info(runner) -> Dict:
+    return {key: getattr(runner, key) for key in ("batch_seconds", "num_parameters") if hasattr(runner, key)}
+
+
+class Worker:
+    """``factory(**kwargs)`` built in a fresh process; its methods are called there through :meth:`call`.
+
+    A fresh process per configuration gives each its own peak memory
+    (``ru_maxrss`` is a high-water mark of the whole process), and lets the
+    parent interleave configurations step by step.
+    """
+
+    def __init__(self, factory: Callable, kwargs: Dict, threads: Optional[int] = None):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, factory, kwargs, threads), daemon=True)
+        self.process.start()
+        self.info = None
+        self.error: Optional[str] = None
+
+    def _receive(self):
+        status, payload = self.connection.recv()
+        if status == "error":
+            self.error = payload
+            self.process.join()
+            raise WorkerError(payload)
+        return payload
+
+    def ready(self) -> Dict:
+        if self.info is None:
+            self.info = self._receive()
+        return self.info
+
+    def call(self, command: str, **argument):
+        if self.error:
+            raise WorkerError(self.error)
+        self.connection.send((command, argument))
+        return self._receive()
+
+    def stop(self) -> Dict:
+        if self.error:
+            return {}
+        self.connection.send(("stop", {}))
+        result = self._receive()
+        self.process.join()
+        return result
+
+
+class WorkerError(RuntimeError):
+    """A worker process failed; the message is its traceback."""
+
+
+def last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text

@@ -1,0 +1,68 @@
+"""The benchmarks compare like with like: fairseq's trainer path and the bare loop take the same update."""
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import TrainingRunner, count_step_flops, load_config, write_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def two_clips(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("bench_corpus"))
+    write_corpus(folder, num_clips=2, seconds=1.0)
+    os.makedirs(os.path.join(folder, "checkpoints"))
+    return folder
+
+
+def test_trainer_and_bare_loop_take_the_same_update(two_clips):
+    trainer = TrainingRunner("tiny", "trainer", "cpu", "fp32", two_clips, num_clips=2, clip_samples=16000)
+    bare = TrainingRunner("tiny", "bare", "cpu", "fp32", two_clips, num_clips=2, clip_samples=16000, lr=trainer.trainer.get_lr())
+    before = {n: p.detach().clone() for n, p in bare.model.named_parameters()}
+    for name, p in trainer.model.named_parameters():
+        torch.testing.assert_close(p, before[name], msg=f"{name} starts differently")
+
+    # fairseq's warm-up gives the first update a learning rate of 0, so compare after the second one.
+    for update in range(2):
+        bare.bare.set_lr(trainer.trainer.get_lr())
+        trainer.step()
+        # fairseq seeds each update with common.seed + num_updates; the bare loop gets the same seed (masks, dropout).
+        torch.manual_seed(trainer.cfg.common.seed + update)
+        bare.step()
+
+    trainer_params = dict(trainer.model.named_parameters())
+    bare_step, trainer_step = [], []
+    for name, p in bare.model.named_parameters():
+        reference = trainer_params[name]
+        # Same loss, masks and dropout, normalised by the sample size and clipped alike: the same gradients.
+        torch.testing.assert_close(p.grad, reference.grad, rtol=1e-4, atol=1e-6, msg=f"{name}: gradients differ")
+        bare_step.append((p - before[name]).flatten())
+        trainer_step.append((reference - before[name]).flatten())
+    bare_step, trainer_step = torch.cat(bare_step), torch.cat(trainer_step)
+    assert trainer_step.abs().max() > 0, "the trainer left every parameter unchanged"
+    # fairseq's Adam adds eps before the bias correction, torch's AdamW after: steps agree except where |grad| ~ eps.
+    relative_difference = (bare_step - trainer_step).norm() / trainer_step.norm()
+    assert relative_difference < 0.05, f"updates differ by {relative_difference:.3f} (relative L2)"
+
+
+def test_flop_count_charges_depthwise_backward_like_its_forward():
+    conv = torch.nn.Conv1d(32, 32, 5, padding=2, groups=32)
+    x = torch.randn(2, 32, 50, requires_grad=True)
+    counted = count_step_flops(lambda: conv(x).sum().backward())
+    forward = 2 * 2 * 50 * 32 * 5  # multiply-adds of a depthwise kernel: batch * length * channels * kernel
+    assert counted["flops_by_op"]["aten.convolution"] == forward
+    assert counted["flops_per_step"] == 3 * forward
+
+
+def test_wav2vec2_references_keep_fairseq_base_settings(two_clips):
+    base = load_config("w2v2_base", [f"task.data={two_clips}"])
+    conformer = load_config("w2v2_conformer", [f"task.data={two_clips}"])
+    for cfg in (base, conformer):
+        assert (cfg.model.encoder_layers, cfg.model.encoder_embed_dim) == (12, 768)
+        assert cfg.model.quantize_targets and cfg.criterion.infonce
+        assert list(cfg.criterion.loss_weights) == [0.1, 10.0]
+    assert base.model.layer_type == "transformer"
+    assert (conformer.model.layer_type, conformer.model.pos_enc_type) == ("conformer", "rel_pos")
