@@ -181,7 +181,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
     parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
     parser.add_argument("--parallel", action="store_true", help="fine-tune both arms of a fold at the same time (one process each)")
-    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_folds<...>)")
+    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_pt<budget>_folds<...>_<fine-tuning>)")
     args = parser.parse_args(argv)
     args.work_dir = os.path.abspath(args.work_dir)
     args.esc50_dir, args.unlabeled_dir = os.path.abspath(args.esc50_dir), os.path.abspath(args.unlabeled_dir)
@@ -191,7 +191,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
-    tag = args.tag or f"{args.subset}_{args.config}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}"
+    budget = f"pt{args.pretrain_updates}" if args.pretrain_updates else (f"pt{args.pretrain_minutes:g}min" if args.pretrain_minutes else "ptconfig")
+    tag = args.tag or f"{args.subset}_{args.config}_{budget}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}"
     manifests = build_manifests(args)
     pretraining = pretrain(args, manifests["unlabeled"])
     pretraining["curve"] = pretraining_curve(pretraining["log"])
