@@ -14,10 +14,8 @@ from fairseq_logmel_conformer.prepare.cli import main
 from fairseq_logmel_conformer.prepare.common import check_label_name
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_ESC50 = [
-    os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "esc50"),
-    "/work/shared/data/esc50",
-]
+# The real release sits beside the checkout (../shared/data), on the developers' machines and in CI.
+SHARED_ESC50 = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "esc50")
 
 
 def write_tone(path, seconds=0.25, rate=16000, channels=1, fmt=None):
@@ -129,9 +127,9 @@ def test_esc50_inconsistent_target_fails(tmp_path, capsys):
     assert "target 0 is 'dog' here but 'cat' earlier" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not any(os.path.isfile(os.path.join(p, "meta", "esc50.csv")) for p in SHARED_ESC50), reason="no shared ESC-50")
+@pytest.mark.skipif(not os.path.isfile(os.path.join(SHARED_ESC50, "meta", "esc50.csv")), reason="no shared ESC-50")
 def test_esc50_real_release(tmp_path):
-    dataset = next(p for p in SHARED_ESC50 if os.path.isfile(os.path.join(p, "meta", "esc50.csv")))
+    dataset = SHARED_ESC50
     categories, rows = esc50.read_metadata(os.path.join(dataset, "meta", "esc50.csv"), esc10=False)
     assert len(categories) == 50 and len(rows) == 2000
     esc10_categories, esc10_rows = esc50.read_metadata(os.path.join(dataset, "meta", "esc50.csv"), esc10=True)
