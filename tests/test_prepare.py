@@ -18,6 +18,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_ESC50 = os.path.join(os.path.dirname(REPO_ROOT), "shared", "data", "esc50")
 
 
+def edit_esc50_metadata(folder, old, new, count=-1):
+    """Replace ``old`` by ``new`` in ``folder``/meta/esc50.csv (``count`` times; -1: everywhere)."""
+    path = os.path.join(folder, "meta", "esc50.csv")
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace(old, new, count))
+
+
 def write_tone(path, seconds=0.25, rate=16000, channels=1, fmt=None):
     """A sine tone of ``seconds``; returns its length at 16 kHz."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -118,11 +127,7 @@ def test_esc10_subset(tmp_path):
 def test_esc50_inconsistent_target_fails(tmp_path, capsys):
     folder = str(tmp_path / "esc")
     make_esc50(folder, missing=())
-    path = os.path.join(folder, "meta", "esc50.csv")
-    with open(path) as f:
-        text = f.read()
-    with open(path, "w") as f:
-        f.write(text.replace(",0,dog,", ",0,cat,", 1))
+    edit_esc50_metadata(folder, ",0,dog,", ",0,cat,", count=1)
     assert main(["esc50", folder, "--out", str(tmp_path / "out"), "--jobs", "1"]) == 1
     assert "target 0 is 'dog' here but 'cat' earlier" in capsys.readouterr().err
 
@@ -549,10 +554,6 @@ def test_label_names_that_cannot_be_written_fail(name):
 def test_label_with_comma_fails_the_command(tmp_path, capsys):
     folder = str(tmp_path / "esc")
     make_esc50(folder, missing=())
-    path = os.path.join(folder, "meta", "esc50.csv")
-    with open(path) as f:
-        text = f.read()
-    with open(path, "w") as f:
-        f.write(text.replace(",rain,", ',"rain,heavy",'))
+    edit_esc50_metadata(folder, ",rain,", ',"rain,heavy",')
     assert main(["esc50", folder, "--out", str(tmp_path / "out"), "--jobs", "1"]) == 1
     assert "'rain,heavy'" in capsys.readouterr().err

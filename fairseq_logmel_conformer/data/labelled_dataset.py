@@ -67,7 +67,7 @@ class LabelledAudioDataset(FairseqDataset):
         return self.size(index)
 
     def size(self, index: int) -> int:
-        return min(int(self.sizes[index]), self.audio.max_sample_size)
+        return self.audio.size(int(self.positions[index]))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -63,20 +63,17 @@ def sample_distractors(
     """
     positives = mask.nonzero()
     counts = mask.sum(1)
-    if positives.shape[0] == 0:
-        empty = positives.new_zeros(0, 0)
-        return positives, empty, empty.bool()
-    max_count = int(counts.max())
+    max_count = int(counts.max()) if positives.shape[0] else 0
     width = min(num_distractors, max_count - 1)
+    if width <= 0:
+        empty = positives.new_zeros(positives.shape[0], 0)
+        return positives, empty, empty.bool()
     clip = positives[:, 0]
     # Rank of each masked step among its clip's masked steps.
     rank = mask.long().cumsum(1)[clip, positives[:, 1]] - 1
     others = counts[clip] - 1
     # Masked step indices of each clip, left-aligned: (B, max_count).
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :max_count]
-    if width == 0:
-        empty = positives.new_zeros(positives.shape[0], 0)
-        return positives, empty, empty.bool()
     keys = torch.rand(positives.shape[0], max_count - 1, device=mask.device, generator=generator)
     candidate = torch.arange(max_count - 1, device=mask.device)[None, :]
     keys.masked_fill_(candidate >= others[:, None], 2.0)
