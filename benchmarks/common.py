@@ -26,6 +26,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
+# Imported before fairseq so that it can undo the DEBUG root logging that importing fairseq's tasks switches on.
+import fairseq_logmel_conformer  # noqa: F401  (also registers the plugin's task, model and criterion)
 import fairseq
 import numpy as np
 import torch
@@ -34,7 +36,6 @@ from fairseq.dataclass.utils import omegaconf_no_object_check
 from fairseq.utils import move_to_cuda
 from omegaconf import DictConfig, OmegaConf
 
-import fairseq_logmel_conformer  # noqa: F401  (registers the plugin's task, model and criterion)
 from fairseq_logmel_conformer.cli.make_manifest import write_manifest
 from fairseq_logmel_conformer.data.synthetic import write_dataset
 

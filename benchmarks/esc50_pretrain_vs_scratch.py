@@ -3,7 +3,8 @@
     python -m benchmarks.esc50_pretrain_vs_scratch --esc50-dir ../shared/data/esc50 \\
         --unlabeled-dir ../shared/data/unlabeled --work-dir /tmp/esc50_bench \\
         [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
-        [--pretrain-updates N | --pretrain-minutes M] [--finetune-updates N] [--finetune-lr LR] [--threads 1] [--parallel]
+        [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other] \\
+        [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--threads 1] [--parallel]
 
 Every step runs the project's own command lines, so the numbers describe what
 users run: (1) ``logmel-manifest`` on the unlabelled folder and
@@ -15,13 +16,17 @@ settings and seed, once from the pre-trained checkpoint and once from scratch
 held-out fold with the last checkpoint of each run. It writes
 ``benchmarks/results/esc50_pretrain_vs_scratch_<tag>.{json,md,png}``: the
 accuracy table, the validation-accuracy curves of both arms and the
-pre-training (contrastive) accuracy curve. Audio and checkpoints stay in
+pre-training (contrastive) accuracy curve. ``--pretrain-audio
+unlabeled+esc50-other`` adds the ESC-50 clips of the 40 classes outside ESC-10
+to the pre-training audio, without their labels (ESC-10 only, so no clip of the
+evaluated subset is ever seen in pre-training). Audio and checkpoints stay in
 ``--work-dir``. Re-running with the same ``--work-dir`` reuses finished runs (so fine-tuning
 settings can be compared on one pre-trained checkpoint) and fairseq resumes
 unfinished ones from their ``checkpoint_last.pt``. Times are fairseq's own
 ("done training in"), so they hold for reused runs too.
 """
 import argparse
+import csv
 import json
 import os
 import re
@@ -75,12 +80,33 @@ def start(command: List[str], cwd: str, threads: int, log_path: str) -> subproce
     return subprocess.Popen(command, cwd=cwd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
+def pretraining_audio_dir(args: argparse.Namespace) -> str:
+    """The folder ``logmel-manifest`` reads for pre-training: ``--unlabeled-dir``, or a folder of links to it and
+    to the ESC-50 clips outside ESC-10 (``unlabeled+esc50-other``)."""
+    if args.pretrain_audio == "unlabeled":
+        return args.unlabeled_dir
+    folder = os.path.join(args.work_dir, "pretraining_audio")
+    others = os.path.join(folder, "esc50_other")
+    os.makedirs(others, exist_ok=True)
+    if not os.path.lexists(os.path.join(folder, "unlabeled")):
+        os.symlink(args.unlabeled_dir, os.path.join(folder, "unlabeled"))
+    with open(os.path.join(args.esc50_dir, "meta", "esc50.csv"), newline="") as f:
+        names = [row["filename"] for row in csv.DictReader(f) if row["esc10"].strip() == "False"]
+    for name in names:
+        if not os.path.lexists(os.path.join(others, name)):
+            os.symlink(os.path.join(args.esc50_dir, "audio", name), os.path.join(others, name))
+    return folder
+
+
 def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
-    """-> {"unlabeled": manifest folder, "esc": folder holding fold1 ... fold5}."""
-    folders = {"unlabeled": os.path.join(args.work_dir, "manifests", "unlabeled"), "esc": os.path.join(args.work_dir, "manifests", args.subset)}
+    """-> {"unlabeled": pre-training manifest folder, "esc": folder holding fold1 ... fold5}."""
+    folders = {
+        "unlabeled": os.path.join(args.work_dir, "manifests", args.pretrain_audio),
+        "esc": os.path.join(args.work_dir, "manifests", args.subset),
+    }
     if not os.path.isfile(os.path.join(folders["unlabeled"], "train.tsv")):
-        run([os.path.join(BIN_DIR, "logmel-manifest"), args.unlabeled_dir, "--dest", folders["unlabeled"], "--valid-percent", "0.05"],
-            args.work_dir, args.threads, os.path.join(args.work_dir, "manifest_unlabeled.log"))
+        run([os.path.join(BIN_DIR, "logmel-manifest"), pretraining_audio_dir(args), "--dest", folders["unlabeled"], "--valid-percent", "0.05"],
+            args.work_dir, args.threads, os.path.join(args.work_dir, f"manifest_{args.pretrain_audio}.log"))
     if not os.path.isfile(os.path.join(folders["esc"], "fold5", "valid.tsv")):
         command = [sys.executable, "-m", "fairseq_logmel_conformer.prepare", "esc50", args.esc50_dir, "--out", folders["esc"], "--jobs", str(args.threads)]
         run(command + (["--esc10"] if args.subset == "esc10" else []), args.work_dir, args.threads, os.path.join(args.work_dir, f"manifest_{args.subset}.log"))
@@ -89,11 +115,11 @@ def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
 
 def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
     """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s"}."""
-    out = os.path.join(args.work_dir, "pretrain")
+    out = os.path.join(args.work_dir, "pretrain" + pretraining_setting(args))
     command = [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
         f"task.data={manifest_dir}", "common.cpu=true", f"common.seed={args.seed}",
-        f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
+        f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run", *args.pretrain_override,
     ]
     if args.pretrain_updates is not None:
         command.append(f"optimization.max_update={args.pretrain_updates}")
@@ -103,6 +129,12 @@ def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
         run(command, out, args.threads_pretrain, os.path.join(out, "stdout.log"))
     return {"checkpoint": os.path.join(out, "checkpoints", "checkpoint_last.pt"), "log": os.path.join(out, "run", "hydra_train.log"),
             "wall_s": training_seconds(out), "command": " ".join(command)}
+
+
+def pretraining_setting(args: argparse.Namespace) -> str:
+    """Suffix naming what differs from the default pre-training: the audio and the extra overrides."""
+    setting = "" if args.pretrain_audio == "unlabeled" else f"_{args.pretrain_audio.replace('+', '_')}"
+    return setting + "".join("_" + re.sub(r"[^A-Za-z0-9.]+", "-", override) for override in args.pretrain_override)
 
 
 def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoint: Optional[str]) -> List[str]:
@@ -125,7 +157,7 @@ def finetune_setting(args: argparse.Namespace) -> str:
 def finetune_fold(args: argparse.Namespace, fold: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
     """Fine-tune both arms on one fold (concurrently with --parallel), then evaluate each; -> {arm: result}."""
     setting = finetune_setting(args)
-    outs = {arm: os.path.join(args.work_dir, f"fold{fold}", setting, arm) for arm in ARMS}
+    outs = {arm: os.path.join(args.work_dir, f"fold{fold}", setting + pretraining_setting(args), arm) for arm in ARMS}
     commands = {arm: finetune_command(args, fold_dir, outs[arm], pretrained if arm == "pretrained" else None) for arm in ARMS}
     commands_to_run = [arm for arm in ARMS if training_seconds(outs[arm]) is None]
     if args.parallel:
@@ -171,6 +203,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--config", choices=CONFIGS, default="small", help="pretrain_<config> and +encoder=<config>: small (CPU) or the paper's cfS")
     parser.add_argument("--pretrain-updates", type=int, help="pre-training budget in updates (default: the config's max_update)")
     parser.add_argument("--pretrain-minutes", type=float, help="pre-training budget in wall minutes (fairseq's stop_time_hours)")
+    parser.add_argument(
+        "--pretrain-audio", choices=("unlabeled", "unlabeled+esc50-other"), default="unlabeled",
+        help="pre-training audio: --unlabeled-dir, or also the ESC-50 clips outside ESC-10 without labels (--subset esc10 only)",
+    )
+    parser.add_argument(
+        "--pretrain-override", nargs="+", default=[], metavar="KEY=VALUE",
+        help="extra Hydra overrides of the pre-training command, e.g. task.min_sample_size=32000",
+    )
     parser.add_argument("--finetune-updates", type=int, default=150, help="fine-tuning updates per run (finetune_esc50 uses 4000)")
     parser.add_argument("--finetune-lr", type=float, help="peak fine-tuning learning rate of both arms (default: finetune_esc50's 1e-4)")
     parser.add_argument(
@@ -183,6 +223,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--parallel", action="store_true", help="fine-tune both arms of a fold at the same time (one process each)")
     parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_pt<budget>_folds<...>_<fine-tuning>)")
     args = parser.parse_args(argv)
+    if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
+        parser.error("--pretrain-audio unlabeled+esc50-other holds out only ESC-10: use it with --subset esc10")
     args.work_dir = os.path.abspath(args.work_dir)
     args.esc50_dir, args.unlabeled_dir = os.path.abspath(args.esc50_dir), os.path.abspath(args.unlabeled_dir)
     return args
@@ -192,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     budget = f"pt{args.pretrain_updates}" if args.pretrain_updates else (f"pt{args.pretrain_minutes:g}min" if args.pretrain_minutes else "ptconfig")
-    tag = args.tag or f"{args.subset}_{args.config}_{budget}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}"
+    tag = args.tag or f"{args.subset}_{args.config}_{budget}{pretraining_setting(args)}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}"
     manifests = build_manifests(args)
     pretraining = pretrain(args, manifests["unlabeled"])
     pretraining["curve"] = pretraining_curve(pretraining["log"])

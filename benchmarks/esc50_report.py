@@ -8,7 +8,13 @@ import json
 import math
 from typing import Dict, List
 
+import numpy as np
+
 ARMS = ("pretrained", "scratch")
+PRETRAINING_AUDIO = {
+    "unlabeled": "the unlabelled folder (`--unlabeled-dir`)",
+    "unlabeled+esc50-other": "the unlabelled folder and, without labels, the 1,600 ESC-50 clips outside ESC-10",
+}
 
 # Srivastava et al. (ICASSP 2022): Table 3 (ESC-50, 5-fold accuracy, pre-trained on AudioSet without labels)
 # and Table 1 (Balanced AudioSet mAP with and without pre-training), for the README's comparison.
@@ -70,12 +76,19 @@ def write_figure(path: str, pretraining: Dict[str, List[float]], folds: Dict[str
     left.set(xlabel="pre-training update", ylabel="contrastive accuracy", title="pre-training: positive ranked first", ylim=(0, 1))
     left.legend(loc="lower right", fontsize=8)
     styles = {"pretrained": "C0", "scratch": "C3"}
-    for fold, arms in folds.items():
-        for arm, curve in arms.items():
-            right.plot(curve["num_updates"], curve["valid_accuracy"], "o-", ms=3, color=styles[arm], label=f"{fold} {arm}",
-                       alpha=1.0 if len(folds) == 1 else 0.7)
-    right.set(xlabel="fine-tuning update", ylabel="accuracy on the held-out fold", title=f"fine-tuning ({title})", ylim=(0, 1))
+    for arm, color in styles.items():
+        curves = [arms[arm] for arms in folds.values()]
+        for index, curve in enumerate(curves):
+            label = f"{arm} (per fold)" if len(curves) > 1 else arm
+            right.plot(curve["num_updates"], curve["valid_accuracy"], "o-", ms=2, lw=0.8, color=color,
+                       alpha=0.35 if len(curves) > 1 else 1.0, label=label if index == 0 else None)
+        lengths = {len(curve["valid_accuracy"]) for curve in curves}
+        if len(curves) > 1 and len(lengths) == 1:
+            mean = np.mean([curve["valid_accuracy"] for curve in curves], axis=0)
+            right.plot(curves[0]["num_updates"], mean, "-", lw=2.2, color=color, label=f"{arm} (mean of {len(curves)} folds)")
+    right.set(xlabel="fine-tuning update", ylabel="accuracy on the held-out fold", title="fine-tuning: both arms alike", ylim=(0, 1))
     right.legend(loc="lower right", fontsize=8)
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -84,6 +97,10 @@ def write_figure(path: str, pretraining: Dict[str, List[float]], folds: Dict[str
 
 def _percent(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
+
+
+def _frozen_start(updates: int) -> str:
+    return f"head alone for the first {updates} updates, " if updates else "whole model from the first update, "
 
 
 def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, folds: Dict[str, Dict], figure: str) -> None:
@@ -109,8 +126,10 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         "the best-epoch column is read off the validation curve and is optimistic.",
         f"Pre-training: `pretrain_{settings['config']}`, {curve['valid_updates'][-1] if curve['valid_updates'] else 0} updates, "
         f"{pretraining['wall_s'] / 60:.1f} min wall, final contrastive accuracy on held-out unlabelled clips {_percent(last_valid)}%.",
+        f"Pre-training audio: {PRETRAINING_AUDIO[settings.get('pretrain_audio', 'unlabeled')]}; "
+        f"overrides: {' '.join(f'`{o}`' for o in settings.get('pretrain_override', [])) or 'none'}.",
         f"Fine-tuning: `finetune_esc50`, {settings['finetune_updates']} updates per run, peak learning rate "
-        f"{settings['finetune_lr'] or 'of the config (1e-4)'}, seed {settings['seed']}, "
+        f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}seed {settings['seed']}, "
         f"{settings['threads']} thread(s) per run{', both arms at once' if settings['parallel'] else ''}.",
         f"Total wall time {settings['total_wall_s'] / 60:.1f} min.",
         "",

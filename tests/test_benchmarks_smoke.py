@@ -66,3 +66,23 @@ def test_wav2vec2_references_keep_fairseq_base_settings(two_clips):
         assert list(cfg.criterion.loss_weights) == [0.1, 10.0]
     assert base.model.layer_type == "transformer"
     assert (conformer.model.layer_type, conformer.model.pos_enc_type) == ("conformer", "rel_pos")
+
+
+def test_esc_benchmark_pretraining_audio_leaves_every_esc10_clip_out(tmp_path):
+    from benchmarks.esc50_pretrain_vs_scratch import parse_args, pretraining_audio_dir
+    from fairseq_logmel_conformer.cli.make_manifest import main as make_manifest
+    from test_prepare import make_esc50
+
+    rows, _ = make_esc50(str(tmp_path / "esc50"), missing=())
+    write_corpus(str(tmp_path / "unlabeled"), num_clips=3, seconds=1.0)
+    common = ["--esc50-dir", str(tmp_path / "esc50"), "--unlabeled-dir", str(tmp_path / "unlabeled"), "--work-dir", str(tmp_path / "work")]
+    args = parse_args(common + ["--pretrain-audio", "unlabeled+esc50-other"])
+    assert make_manifest([pretraining_audio_dir(args), "--dest", str(tmp_path / "manifest"), "--valid-percent", "0", "--jobs", "1"]) == 0
+    with open(tmp_path / "manifest" / "train.tsv") as f:
+        listed = sorted(line.split("\t")[0] for line in f.read().splitlines()[1:])
+    outside_esc10 = sorted(f"esc50_other/{name}" for name, _, _, _, is_esc10, _, _ in rows if not is_esc10)
+    assert [path for path in listed if path.startswith("esc50_other/")] == outside_esc10
+    assert len([path for path in listed if path.startswith("unlabeled/")]) == 3
+    assert parse_args(common).pretrain_audio == "unlabeled" and pretraining_audio_dir(parse_args(common)) == str(tmp_path / "unlabeled")
+    with pytest.raises(SystemExit):
+        parse_args(common + ["--pretrain-audio", "unlabeled+esc50-other", "--subset", "esc50"])

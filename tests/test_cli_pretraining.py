@@ -56,12 +56,13 @@ def test_classic_config_dir_and_user_dir_route(tmp_path, pretrained_checkpoint):
     manifest = os.path.join(os.path.dirname(os.path.dirname(pretrained_checkpoint)), "manifest")
     package_dir = os.path.join(REPO_ROOT, "fairseq_logmel_conformer")
     hydra_train(
-        "pretrain_tiny", str(tmp_path), f"task.data={manifest}", "optimization.max_update=2",
+        "pretrain_tiny", str(tmp_path), f"task.data={manifest}", "optimization.max_update=2", "criterion.cross_clip_distractors=5",
         f"common.user_dir={package_dir}", config_dir=os.path.join(package_dir, "config", "pretraining"),
     )
     state = __import__("torch").load(tmp_path / "checkpoints" / "checkpoint_last.pt", weights_only=False)
     assert state["cfg"]["common"]["user_dir"] == package_dir
     assert state["cfg"]["model"]["_name"] == "logmel_conformer" and state["cfg"]["criterion"]["_name"] == "logmel_contrastive"
+    assert state["cfg"]["criterion"]["cross_clip_distractors"] == 5
 
 
 def test_fairseq_train_with_user_dir_and_flags(tmp_path, pretrained_checkpoint):

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.criterions.logmel_contrastive import contrastive_logits
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
-from fairseq_logmel_conformer.modules.masking import compute_span_mask, sample_distractors
+from fairseq_logmel_conformer.modules.masking import compute_span_mask, sample_cross_clip_distractors, sample_distractors
 
 
 def model_config_from_yaml(config_name: str, **overrides) -> LogmelConformerConfig:
@@ -113,6 +113,38 @@ def test_distractors_come_from_other_masked_steps_of_the_same_clip():
         assert len(set(picked)) == len(picked), "drawn without replacement"
         assert step not in picked
         assert all(mask[clip, c] for c in picked)
+
+
+def test_cross_clip_distractors_come_from_every_other_clip_and_never_the_own():
+    mask = torch.zeros(3, 20, dtype=torch.bool)
+    mask[0, [1, 2, 3]] = True
+    mask[1, [0, 5, 6, 7, 8]] = True
+    mask[2, [19]] = True
+    positives = mask.nonzero()
+    generator = torch.Generator().manual_seed(0)
+    rows, valid = sample_cross_clip_distractors(positives[:, 0], mask.sum(1), 2000, generator)
+    assert rows.shape == valid.shape == (9, 2000) and valid.all()
+    for clip, drawn in zip(positives[:, 0].tolist(), rows):
+        drawn_clips = positives[drawn, 0]
+        assert (drawn_clips != clip).all()
+        others = (mask.sum(1) * (torch.arange(3) != clip)).float()
+        share = torch.bincount(drawn_clips, minlength=3).float() / 2000
+        torch.testing.assert_close(share, others / others.sum(), atol=0.04, rtol=0)
+    alone = torch.zeros(2, 10, dtype=torch.bool)
+    alone[1, [2, 3]] = True
+    _, valid = sample_cross_clip_distractors(alone.nonzero()[:, 0], alone.sum(1), 4)
+    assert not valid.any(), "a batch with one clip holding masked steps has no cross-clip distractor"
+
+
+def test_cross_clip_distractors_add_columns_and_keep_lone_masked_steps():
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, [0, 1, 2]] = True
+    mask[1, [4]] = True
+    context, targets = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
+    logits = contrastive_logits(context, targets, mask, num_distractors=100, temperature=0.1, cross_clip_distractors=6)
+    assert logits.shape == (4, 1 + 2 + 6), "the lone masked step of clip 1 is scored against clip 0"
+    assert torch.isfinite(logits[:, 3:]).all()
+    assert torch.isinf(logits[3, 1:3]).all(), "clip 1 has no same-clip distractor"
 
 
 def test_contrastive_logits_mark_missing_and_identical_distractors():

@@ -9,33 +9,55 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
-from ..modules.masking import sample_distractors
+from ..modules.masking import sample_cross_clip_distractors, sample_distractors
 from .batch_checks import add_unreadable_count, log_unreadable_count, report_nonfinite_loss
 
 
 @dataclass
 class LogmelContrastiveConfig(FairseqDataclass):
     num_distractors: int = field(default=100, metadata={"help": "K: distractors per masked step, drawn from the other masked steps of the same clip"})
+    cross_clip_distractors: int = field(
+        default=0,
+        metadata={
+            "help": "extra distractors per masked step drawn from the masked steps of the other clips of the batch "
+            "(wav2vec 2.0's cross_sample_negatives). Same-clip distractors share the clip's sound, so they reward "
+            "only what changes within a clip; these make what tells clips apart worth encoding too. The paper uses 0"
+        },
+    )
     temperature: float = field(default=0.1, metadata={"help": "cosine similarities are divided by this before the softmax"})
 
 
 def contrastive_logits(
-    context: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor, num_distractors: int, temperature: float
+    context: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    num_distractors: int,
+    temperature: float,
+    cross_clip_distractors: int = 0,
 ) -> torch.Tensor:
-    """Logits (N, 1 + K') for the N masked steps that have at least one distractor; column 0 is the positive.
+    """Logits (N, 1 + K' + K_x) for the N masked steps that have at least one distractor; column 0 is the positive.
 
     context, targets: (B, T, C); mask: (B, T) True at masked steps. A clip with
     fewer than K + 1 masked steps uses each of its other masked steps once
-    (K' is the largest count in the batch; missing slots get -inf). Distractors
+    (K' is the largest count in the batch; missing slots get -inf). The last
+    K_x = ``cross_clip_distractors`` columns come from other clips. Distractors
     identical to the positive (digital silence repeats itself) get -inf too,
     as in wav2vec 2.0, since no model could tell them apart.
     """
-    eligible = mask & (mask.sum(1, keepdim=True) > 1)
+    counts = mask.sum(1, keepdim=True)
+    has_distractor = counts > 1
+    if cross_clip_distractors > 0:
+        has_distractor = has_distractor | (counts.sum() - counts > 0)
+    eligible = mask & has_distractor
     positives, distractor_steps, valid = sample_distractors(eligible, num_distractors)
     clip, step = positives[:, 0], positives[:, 1]
     predicted = context[clip, step].float()
     positive = targets[clip, step].float()
     negatives = targets[clip[:, None], distractor_steps].float()
+    if cross_clip_distractors > 0:
+        rows, cross_valid = sample_cross_clip_distractors(clip, eligible.sum(1), cross_clip_distractors)
+        negatives = torch.cat([negatives, targets[clip[rows], step[rows]].float()], dim=1)
+        valid = torch.cat([valid, cross_valid], dim=1)
     candidates = torch.cat([positive[:, None], negatives], dim=1)
     logits = F.cosine_similarity(predicted[:, None], candidates, dim=-1) / temperature
     same_as_positive = (negatives == positive[:, None]).all(-1)
@@ -49,11 +71,17 @@ class LogmelContrastiveCriterion(FairseqCriterion):
         super().__init__(task)
         self.num_distractors = cfg.num_distractors
         self.temperature = cfg.temperature
+        self.cross_clip_distractors = cfg.cross_clip_distractors
 
     def forward(self, model, sample: Dict, reduce: bool = True) -> Tuple[torch.Tensor, int, Dict]:
         net_output = model(**sample["net_input"])
         logits = contrastive_logits(
-            net_output["context"], net_output["targets"], net_output["mask"], self.num_distractors, self.temperature
+            net_output["context"],
+            net_output["targets"],
+            net_output["mask"],
+            self.num_distractors,
+            self.temperature,
+            self.cross_clip_distractors,
         )
         sample_size = logits.shape[0]
         target = logits.new_zeros(sample_size, dtype=torch.long)

@@ -83,3 +83,27 @@ def sample_distractors(
     chosen_rank = chosen + (chosen >= rank[:, None]).long()
     distractors = order[clip[:, None], chosen_rank.clamp(max=max_count - 1)]
     return positives, distractors, valid
+
+
+def sample_cross_clip_distractors(
+    clip: torch.Tensor, counts: torch.Tensor, num_distractors: int, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Draw distractors for every masked step from the masked steps of the *other* clips of the batch.
+
+    Args:
+        clip: (N,) long, clip index of each masked step, in row-major order (``mask.nonzero()[:, 0]``).
+        counts: (B,) long, masked steps per clip (``mask.sum(1)``), so clip ``c`` owns a contiguous block.
+    Returns:
+        distractors: (N, num_distractors) long, rows into the N masked steps, drawn uniformly with
+            replacement (as wav2vec 2.0's ``cross_sample_negatives``) from outside the step's own clip.
+        valid: (N, num_distractors) bool, False for every slot when no other clip has a masked step.
+    """
+    total = clip.shape[0]
+    starts = counts.cumsum(0) - counts
+    pool = (total - counts)[clip]
+    draws = torch.rand(total, num_distractors, device=clip.device, generator=generator)
+    rows = (draws * pool[:, None]).long()
+    # Skip the step's own clip: rows at or past its block shift over it.
+    rows = rows + (rows >= starts[clip][:, None]).long() * counts[clip][:, None]
+    valid = (pool > 0)[:, None].expand(total, num_distractors)
+    return rows.clamp(max=max(total - 1, 0)), valid
