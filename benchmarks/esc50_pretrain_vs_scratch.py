@@ -157,7 +157,7 @@ def finetune_setting(args: argparse.Namespace) -> str:
 def finetune_fold(args: argparse.Namespace, fold: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
     """Fine-tune both arms on one fold (concurrently with --parallel), then evaluate each; -> {arm: result}."""
     setting = finetune_setting(args)
-    outs = {arm: os.path.join(args.work_dir, f"fold{fold}", setting + pretraining_setting(args), arm) for arm in ARMS}
+    outs = {arm: os.path.join(args.work_dir, args.subset, f"fold{fold}", setting + pretraining_setting(args), arm) for arm in ARMS}
     commands = {arm: finetune_command(args, fold_dir, outs[arm], pretrained if arm == "pretrained" else None) for arm in ARMS}
     commands_to_run = [arm for arm in ARMS if training_seconds(outs[arm]) is None]
     if args.parallel:
