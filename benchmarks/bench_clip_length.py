@@ -24,9 +24,9 @@ from .common import (
     TrainingRunner,
     Worker,
     WorkerError,
-    check_device,
     default_output,
     last_line,
+    start_benchmark,
     summarize,
     write_corpus,
     write_json,
@@ -92,10 +92,7 @@ def relative_costs(entries: List[Dict]) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    start_benchmark(args.device, args.threads)
     warmup = args.warmup if args.warmup is not None else (3 if args.device == "cuda" else 1)
     lengths = [float(x) for x in args.lengths.split(",") if x.strip()]
     entries = [measure(args, model.strip(), seconds, warmup) for model in args.models.split(",") if model.strip() for seconds in lengths]

@@ -14,7 +14,7 @@ from typing import Dict, List
 
 import torch
 
-from .common import PRECISIONS, SAMPLE_RATE, attention_ops, check_device, default_output, load_config, summarize, time_call, write_json
+from .common import PRECISIONS, SAMPLE_RATE, attention_ops, default_output, load_config, start_benchmark, summarize, time_call, write_json
 
 AUTOCAST = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -61,8 +61,7 @@ def measure(model, device: str, clips: int, seconds: float, reps: int, precision
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_device(args.device)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    start_benchmark(args.device)
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads: List[int] = [int(t) for t in args.cpu_threads.split(",")] if args.cpu_threads else sorted({1, usable})
     results: Dict = {}

@@ -26,7 +26,7 @@ from typing import Dict, List
 import soundfile as sf
 import torch
 
-from .common import SAMPLE_RATE, check_device, default_output, load_config, summarize, time_call, write_corpus, write_json
+from .common import SAMPLE_RATE, default_output, load_config, start_benchmark, summarize, time_call, write_corpus, write_json
 
 TARGET_SUPPLY_RATIO = 3.0
 TARGET_FRONTEND_SHARE = 0.05
@@ -157,10 +157,7 @@ def compare_with_training(results: Dict, train: Dict, device: str) -> Dict:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    start_benchmark(args.device, args.threads)
     results: Dict = {"loader": {}, "frontend": {}}
     for extension in csv(args.formats):
         for rate in csv(args.source_rates, int):

@@ -33,7 +33,7 @@ from fairseq_logmel_conformer.data.synthetic import SOUND_CLASSES, synthesize
 from fairseq_logmel_conformer.inference import AudioModel
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerModel
 
-from .common import Worker, WorkerError, check_device, default_output, last_line, load_config, peak_memory_mib, write_json
+from .common import Worker, WorkerError, default_output, last_line, load_config, peak_memory_mib, start_benchmark, write_json
 
 MODES = ("stream", "embed")
 # Growth beyond the returned arrays above this counts as "not flat" in the summary.
@@ -167,7 +167,7 @@ def summarize_flatness(results: List[Dict]) -> Dict[str, Dict]:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_device(args.device)
+    start_benchmark(args.device)
     if args.workdir:
         os.makedirs(args.workdir, exist_ok=True)
         results = measure(args, args.workdir)

@@ -27,9 +27,9 @@ from .common import (
     TrainingRunner,
     Worker,
     WorkerError,
-    check_device,
     default_output,
     last_line,
+    start_benchmark,
     summarize,
     write_corpus,
     write_json,
@@ -165,8 +165,7 @@ def print_table(results: Dict) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    check_device(args.device)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    start_benchmark(args.device)
     with tempfile.TemporaryDirectory() as data:
         write_corpus(data, args.clips, args.seconds)
         os.makedirs(os.path.join(data, "checkpoints"))

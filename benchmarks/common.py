@@ -13,6 +13,7 @@ import ctypes
 import datetime
 import gc
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -156,9 +157,14 @@ def default_output(benchmark: str, device: str) -> str:
     return os.path.join(RESULTS_DIR, f"{benchmark}_{device}.json")
 
 
-def check_device(device: str) -> None:
+def start_benchmark(device: str, threads: Optional[int] = None) -> None:
+    """The prologue of every benchmark's ``main``: check the device, pin torch's threads, log INFO lines."""
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for, but torch sees no CUDA device")
+    if threads:
+        torch.set_num_threads(threads)
+    # force: importing fairseq already gave the root logger a handler, which makes a plain basicConfig a no-op.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
 
 
 # ----------------------------------------------------------------------------- timing and memory

@@ -26,7 +26,6 @@ unfinished ones from their ``checkpoint_last.pt``. Times are fairseq's own
 ("done training in"), so they hold for reused runs too.
 """
 import argparse
-import csv
 import json
 import os
 import re
@@ -39,6 +38,7 @@ import numpy as np
 
 from benchmarks.common import RESULTS_DIR, write_json
 from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretraining_curve, validation_curve, write_figure, write_markdown
+from fairseq_logmel_conformer.prepare.esc50 import read_metadata
 
 BENCHMARK = "esc50_pretrain_vs_scratch"
 BIN_DIR = os.path.dirname(sys.executable)
@@ -90,8 +90,9 @@ def pretraining_audio_dir(args: argparse.Namespace) -> str:
     os.makedirs(others, exist_ok=True)
     if not os.path.lexists(os.path.join(folder, "unlabeled")):
         os.symlink(args.unlabeled_dir, os.path.join(folder, "unlabeled"))
-    with open(os.path.join(args.esc50_dir, "meta", "esc50.csv"), newline="") as f:
-        names = [row["filename"] for row in csv.DictReader(f) if row["esc10"].strip() == "False"]
+    metadata = os.path.join(args.esc50_dir, "meta", "esc50.csv")
+    esc10 = {filename for _, filename, _ in read_metadata(metadata, esc10=True)[1]}
+    names = [filename for _, filename, _ in read_metadata(metadata, esc10=False)[1] if filename not in esc10]
     for name in names:
         if not os.path.lexists(os.path.join(others, name)):
             os.symlink(os.path.join(args.esc50_dir, "audio", name), os.path.join(others, name))
