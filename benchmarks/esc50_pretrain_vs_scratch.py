@@ -4,7 +4,8 @@
         --unlabeled-dir ../shared/data/unlabeled --work-dir /tmp/esc50_bench \\
         [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
         [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other] \\
-        [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--threads 1] [--parallel]
+        [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
+        [--threads 1] [--parallel]
 
 Every step runs the project's own command lines, so the numbers describe what
 users run: (1) ``logmel-manifest`` on the unlabelled folder and
@@ -13,7 +14,9 @@ users run: (1) ``logmel-manifest`` on the unlabelled folder and
 ``fairseq-hydra-train --config-name finetune_esc50`` twice with identical
 settings and seed, once from the pre-trained checkpoint and once from scratch
 (``+encoder=<config>``, the same architecture); (4) ``logmel-evaluate`` on the
-held-out fold with the last checkpoint of each run. It writes
+held-out fold with the last checkpoint of each run; with ``--finetune-seeds``,
+both arms are fine-tuned once per seed and the table reports every (fold, seed)
+run and their mean, so a difference is not one seed's luck. It writes
 ``benchmarks/results/esc50_pretrain_vs_scratch_<tag>.{json,md,png}``: the
 accuracy table, the validation-accuracy curves of both arms and the
 pre-training (contrastive) accuracy curve. ``--pretrain-audio
@@ -116,7 +119,7 @@ def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
 
 def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
     """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s"}."""
-    out = os.path.join(args.work_dir, "pretrain" + pretraining_setting(args))
+    out = os.path.join(args.work_dir, f"pretrain{pretraining_setting(args)}_seed{args.seed}")
     command = [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
         f"task.data={manifest_dir}", "common.cpu=true", f"common.seed={args.seed}",
@@ -138,12 +141,12 @@ def pretraining_setting(args: argparse.Namespace) -> str:
     return setting + "".join("_" + re.sub(r"[^A-Za-z0-9.]+", "-", override) for override in args.pretrain_override)
 
 
-def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoint: Optional[str]) -> List[str]:
+def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoint: Optional[str], seed: int) -> List[str]:
     """The fine-tuning command line; both arms differ only in where the encoder comes from."""
     encoder = [f"model.pretrained_path={checkpoint}"] if checkpoint else ["model.pretrained_path=null", f"+encoder={args.config}"]
     return [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "finetune_esc50",
-        f"task.data={fold_dir}", *encoder, "common.cpu=true", f"common.seed={args.seed}", "dataset.num_workers=0",
+        f"task.data={fold_dir}", *encoder, "common.cpu=true", f"common.seed={seed}", "dataset.num_workers=0",
         f"optimization.max_update={args.finetune_updates}", *([f"optimization.lr=[{args.finetune_lr}]"] if args.finetune_lr else []),
         f"model.freeze_encoder_updates={args.freeze_encoder_updates}",
         f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
@@ -155,11 +158,16 @@ def finetune_setting(args: argparse.Namespace) -> str:
     return setting + (f"_freeze{args.freeze_encoder_updates}" if args.freeze_encoder_updates else "")
 
 
-def finetune_fold(args: argparse.Namespace, fold: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
-    """Fine-tune both arms on one fold (concurrently with --parallel), then evaluate each; -> {arm: result}."""
-    setting = finetune_setting(args)
-    outs = {arm: os.path.join(args.work_dir, args.subset, f"fold{fold}", setting + pretraining_setting(args), arm) for arm in ARMS}
-    commands = {arm: finetune_command(args, fold_dir, outs[arm], pretrained if arm == "pretrained" else None) for arm in ARMS}
+def finetune_dir(args: argparse.Namespace, fold: int, seed: int) -> str:
+    """Folder of one fold's runs; everything that changes a run is in its name, so reuse never mixes settings."""
+    setting = f"{finetune_setting(args)}{pretraining_setting(args)}_seed{args.seed}_ftseed{seed}"
+    return os.path.join(args.work_dir, args.subset, f"fold{fold}", setting)
+
+
+def finetune_fold(args: argparse.Namespace, fold: int, seed: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
+    """Fine-tune both arms on one fold with one seed (concurrently with --parallel), then evaluate each; -> {arm: result}."""
+    outs = {arm: os.path.join(finetune_dir(args, fold, seed), arm) for arm in ARMS}
+    commands = {arm: finetune_command(args, fold_dir, outs[arm], pretrained if arm == "pretrained" else None, seed) for arm in ARMS}
     commands_to_run = [arm for arm in ARMS if training_seconds(outs[arm]) is None]
     if args.parallel:
         processes = {arm: start(commands[arm], outs[arm], args.threads, os.path.join(outs[arm], "stdout.log")) for arm in commands_to_run}
@@ -185,8 +193,17 @@ def finetune_fold(args: argparse.Namespace, fold: int, fold_dir: str, pretrained
             "finetune_train_s": training_seconds(outs[arm]),
             "command": " ".join(commands[arm]),
         }
-        print(f"fold {fold} {arm}: accuracy {metrics['accuracy']:.4f}", flush=True)
+        print(f"fold {fold} seed {seed} {arm}: accuracy {metrics['accuracy']:.4f}", flush=True)
     return results
+
+
+def run_name(fold: int, seed: int, seeds: List[int]) -> str:
+    """Row name of one fine-tuning run in the results: ``fold3``, or ``fold3 seed2`` when there are several seeds."""
+    return f"fold{fold}" if len(seeds) == 1 else f"fold{fold} seed{seed}"
+
+
+def mean_accuracy(runs, arm: str) -> float:
+    return float(np.mean([run[arm]["accuracy_last"] for run in runs]))
 
 
 def read_json(path: str) -> Dict:
@@ -218,7 +235,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--freeze-encoder-updates", type=int, default=0,
         help="both arms train only the head for this many updates first (model.freeze_encoder_updates)",
     )
-    parser.add_argument("--seed", type=int, default=1, help="common.seed of every run (both arms use the same)")
+    parser.add_argument("--seed", type=int, default=1, help="common.seed of pre-training (and of fine-tuning, unless --finetune-seeds)")
+    parser.add_argument("--finetune-seeds", type=int, nargs="+", help="fine-tune both arms once per seed (default: --seed); the summary averages all runs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
     parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
     parser.add_argument("--parallel", action="store_true", help="fine-tune both arms of a fold at the same time (one process each)")
@@ -226,6 +244,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
         parser.error("--pretrain-audio unlabeled+esc50-other holds out only ESC-10: use it with --subset esc10")
+    args.finetune_seeds = args.finetune_seeds or [args.seed]
     args.work_dir = os.path.abspath(args.work_dir)
     args.esc50_dir, args.unlabeled_dir = os.path.abspath(args.esc50_dir), os.path.abspath(args.unlabeled_dir)
     return args
@@ -235,13 +254,23 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
     budget = f"pt{args.pretrain_updates}" if args.pretrain_updates else (f"pt{args.pretrain_minutes:g}min" if args.pretrain_minutes else "ptconfig")
-    tag = args.tag or f"{args.subset}_{args.config}_{budget}{pretraining_setting(args)}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}"
+    seeds = "" if args.finetune_seeds == [1] else "_seeds" + "".join(map(str, args.finetune_seeds))
+    tag = args.tag or f"{args.subset}_{args.config}_{budget}{pretraining_setting(args)}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}{seeds}"
     manifests = build_manifests(args)
     pretraining = pretrain(args, manifests["unlabeled"])
     pretraining["curve"] = pretraining_curve(pretraining["log"])
-    folds = {f"fold{fold}": finetune_fold(args, fold, os.path.join(manifests["esc"], f"fold{fold}"), pretraining["checkpoint"]) for fold in args.folds}
-    summary = {arm: float(np.mean([folds[f][arm]["accuracy_last"] for f in folds])) for arm in ARMS}
+    folds = {
+        run_name(fold, seed, args.finetune_seeds): finetune_fold(args, fold, seed, os.path.join(manifests["esc"], f"fold{fold}"), pretraining["checkpoint"])
+        for seed in args.finetune_seeds
+        for fold in args.folds
+    }
+    summary = {arm: mean_accuracy(folds.values(), arm) for arm in ARMS}
     summary["difference_points"] = round(100 * (summary["pretrained"] - summary["scratch"]), 2)
+    if len(args.finetune_seeds) > 1:
+        per_seed = {seed: [folds[run_name(fold, seed, args.finetune_seeds)] for fold in args.folds] for seed in args.finetune_seeds}
+        summary["difference_points_per_seed"] = {
+            str(seed): round(100 * (mean_accuracy(runs, "pretrained") - mean_accuracy(runs, "scratch")), 2) for seed, runs in per_seed.items()
+        }
     total_wall = time.perf_counter() - began
     settings = {key: value for key, value in vars(args).items()}
     settings["total_wall_s"] = round(total_wall, 1)

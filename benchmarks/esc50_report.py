@@ -79,13 +79,13 @@ def write_figure(path: str, pretraining: Dict[str, List[float]], folds: Dict[str
     for arm, color in styles.items():
         curves = [arms[arm] for arms in folds.values()]
         for index, curve in enumerate(curves):
-            label = f"{arm} (per fold)" if len(curves) > 1 else arm
+            label = f"{arm} (per run)" if len(curves) > 1 else arm
             right.plot(curve["num_updates"], curve["valid_accuracy"], "o-", ms=2, lw=0.8, color=color,
                        alpha=0.35 if len(curves) > 1 else 1.0, label=label if index == 0 else None)
         lengths = {len(curve["valid_accuracy"]) for curve in curves}
         if len(curves) > 1 and len(lengths) == 1:
             mean = np.mean([curve["valid_accuracy"] for curve in curves], axis=0)
-            right.plot(curves[0]["num_updates"], mean, "-", lw=2.2, color=color, label=f"{arm} (mean of {len(curves)} folds)")
+            right.plot(curves[0]["num_updates"], mean, "-", lw=2.2, color=color, label=f"{arm} (mean of {len(curves)} runs)")
     right.set(xlabel="fine-tuning update", ylabel="accuracy on the held-out fold", title="fine-tuning: both arms alike", ylim=(0, 1))
     right.legend(loc="lower right", fontsize=8)
     figure.suptitle(title, fontsize=9)
@@ -104,7 +104,7 @@ def _frozen_start(updates: int) -> str:
 
 
 def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, folds: Dict[str, Dict], figure: str) -> None:
-    """A results table in markdown, one row per fold and the mean, with the settings that produced it."""
+    """A results table in markdown, one row per fine-tuning run (fold, seed) and the mean, with the settings that produced it."""
     lines = [
         f"# ESC pre-trained vs from scratch: {settings['subset']}, config {settings['config']}, folds {settings['folds']}",
         "",
@@ -118,6 +118,9 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
             f"| {_percent(p['best_valid_accuracy_during_training'])} / {_percent(s['best_valid_accuracy_during_training'])} |"
         )
     lines.append(f"| mean | {_percent(summary['pretrained'])} | {_percent(summary['scratch'])} | {summary['difference_points']:+.1f} | |")
+    per_seed = summary.get("difference_points_per_seed", {})
+    if per_seed:
+        lines += ["", "Difference per fine-tuning seed (mean over folds): " + ", ".join(f"seed {seed}: {points:+.1f}" for seed, points in per_seed.items()) + "."]
     curve = pretraining["curve"]
     last_valid = curve["valid_accuracy"][-1] if curve["valid_accuracy"] else float("nan")
     lines += [
@@ -129,7 +132,8 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         f"Pre-training audio: {PRETRAINING_AUDIO[settings.get('pretrain_audio', 'unlabeled')]}; "
         f"overrides: {' '.join(f'`{o}`' for o in settings.get('pretrain_override', [])) or 'none'}.",
         f"Fine-tuning: `finetune_esc50`, {settings['finetune_updates']} updates per run, peak learning rate "
-        f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}seed {settings['seed']}, "
+        f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}"
+        f"seed(s) {', '.join(map(str, settings.get('finetune_seeds', [settings['seed']])))} (pre-training seed {settings['seed']}), "
         f"{settings['threads']} thread(s) per run{', both arms at once' if settings['parallel'] else ''}.",
         f"Total wall time {settings['total_wall_s'] / 60:.1f} min.",
         "",

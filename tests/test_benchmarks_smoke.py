@@ -86,3 +86,21 @@ def test_esc_benchmark_pretraining_audio_leaves_every_esc10_clip_out(tmp_path):
     assert parse_args(common).pretrain_audio == "unlabeled" and pretraining_audio_dir(parse_args(common)) == str(tmp_path / "unlabeled")
     with pytest.raises(SystemExit):
         parse_args(common + ["--pretrain-audio", "unlabeled+esc50-other", "--subset", "esc50"])
+
+
+def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folder(tmp_path):
+    from benchmarks.esc50_pretrain_vs_scratch import finetune_command, finetune_dir, parse_args
+
+    common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
+    args = parse_args(common + ["--finetune-seeds", "1", "2"])
+    assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
+    variants = [
+        finetune_dir(args, 1, 1), finetune_dir(args, 1, 2), finetune_dir(args, 2, 1),
+        finetune_dir(parse_args(common + ["--seed", "2"]), 1, 1),
+        finetune_dir(parse_args(common + ["--subset", "esc50"]), 1, 1),
+        finetune_dir(parse_args(common + ["--finetune-updates", "20"]), 1, 1),
+        finetune_dir(parse_args(common + ["--pretrain-override", "criterion.temperature=0.2"]), 1, 1),
+    ]
+    assert len(set(variants)) == len(variants)
+    command = finetune_command(args, "fold1", str(tmp_path / "run"), None, seed=2)
+    assert "common.seed=2" in command and "+encoder=small" in command
