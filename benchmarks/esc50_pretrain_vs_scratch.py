@@ -35,7 +35,7 @@ import re
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 
@@ -202,7 +202,7 @@ def run_name(fold: int, seed: int, seeds: List[int]) -> str:
     return f"fold{fold}" if len(seeds) == 1 else f"fold{fold} seed{seed}"
 
 
-def mean_accuracy(runs, arm: str) -> float:
+def mean_accuracy(runs: Iterable[Dict], arm: str) -> float:
     return float(np.mean([run[arm]["accuracy_last"] for run in runs]))
 
 
@@ -259,30 +259,31 @@ def main(argv: Optional[List[str]] = None) -> int:
     manifests = build_manifests(args)
     pretraining = pretrain(args, manifests["unlabeled"])
     pretraining["curve"] = pretraining_curve(pretraining["log"])
-    folds = {
+    runs = {
         run_name(fold, seed, args.finetune_seeds): finetune_fold(args, fold, seed, os.path.join(manifests["esc"], f"fold{fold}"), pretraining["checkpoint"])
         for seed in args.finetune_seeds
         for fold in args.folds
     }
-    summary = {arm: mean_accuracy(folds.values(), arm) for arm in ARMS}
+    summary = {arm: mean_accuracy(runs.values(), arm) for arm in ARMS}
     summary["difference_points"] = round(100 * (summary["pretrained"] - summary["scratch"]), 2)
     if len(args.finetune_seeds) > 1:
-        per_seed = {seed: [folds[run_name(fold, seed, args.finetune_seeds)] for fold in args.folds] for seed in args.finetune_seeds}
+        per_seed = {seed: [runs[run_name(fold, seed, args.finetune_seeds)] for fold in args.folds] for seed in args.finetune_seeds}
         summary["difference_points_per_seed"] = {
-            str(seed): round(100 * (mean_accuracy(runs, "pretrained") - mean_accuracy(runs, "scratch")), 2) for seed, runs in per_seed.items()
+            str(seed): round(100 * (mean_accuracy(seed_runs, "pretrained") - mean_accuracy(seed_runs, "scratch")), 2)
+            for seed, seed_runs in per_seed.items()
         }
     total_wall = time.perf_counter() - began
     settings = {key: value for key, value in vars(args).items()}
     settings["total_wall_s"] = round(total_wall, 1)
-    results = {"summary": summary, "pretraining": pretraining, "folds": folds, "paper": PAPER_RESULTS}
+    results = {"summary": summary, "pretraining": pretraining, "folds": runs, "paper": PAPER_RESULTS}
     base = os.path.join(RESULTS_DIR, f"{BENCHMARK}_{tag}")
     notes = [
         "accuracy_last: logmel-evaluate on the held-out fold with the last fine-tuning checkpoint (no model selection on the test fold)",
         "best_valid_accuracy_during_training is the best epoch on the held-out fold itself: optimistic, for the curves only",
     ]
     write_json(base + ".json", BENCHMARK, settings, results, "cpu", notes)
-    write_figure(base + ".png", pretraining["curve"], {fold: {arm: folds[fold][arm]["curve"] for arm in ARMS} for fold in folds}, tag)
-    write_markdown(base + ".md", settings, summary, pretraining, folds, os.path.basename(base + ".png"))
+    write_figure(base + ".png", pretraining["curve"], {name: {arm: arms[arm]["curve"] for arm in ARMS} for name, arms in runs.items()}, tag)
+    write_markdown(base + ".md", settings, summary, pretraining, runs, os.path.basename(base + ".png"))
     print(f"pre-trained {100 * summary['pretrained']:.1f}% vs scratch {100 * summary['scratch']:.1f}% ({summary['difference_points']:+.1f} points)")
     return 0
 

@@ -63,8 +63,8 @@ def pretraining_curve(log_path: str) -> Dict[str, List[float]]:
     }
 
 
-def write_figure(path: str, pretraining: Dict[str, List[float]], folds: Dict[str, Dict[str, Dict[str, List[float]]]], title: str) -> None:
-    """Left: pre-training contrastive accuracy; right: held-out accuracy of both arms for every fold."""
+def write_figure(path: str, pretraining: Dict[str, List[float]], runs: Dict[str, Dict[str, Dict[str, List[float]]]], title: str) -> None:
+    """Left: pre-training contrastive accuracy; right: held-out accuracy of both arms for every run (fold, seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,7 +77,7 @@ def write_figure(path: str, pretraining: Dict[str, List[float]], folds: Dict[str
     left.legend(loc="lower right", fontsize=8)
     styles = {"pretrained": "C0", "scratch": "C3"}
     for arm, color in styles.items():
-        curves = [arms[arm] for arms in folds.values()]
+        curves = [arms[arm] for arms in runs.values()]
         for index, curve in enumerate(curves):
             label = f"{arm} (per run)" if len(curves) > 1 else arm
             right.plot(curve["num_updates"], curve["valid_accuracy"], "o-", ms=2, lw=0.8, color=color,
@@ -103,7 +103,7 @@ def _frozen_start(updates: int) -> str:
     return f"head alone for the first {updates} updates, " if updates else "whole model from the first update, "
 
 
-def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, folds: Dict[str, Dict], figure: str) -> None:
+def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, runs: Dict[str, Dict], figure: str) -> None:
     """A results table in markdown, one row per fine-tuning run (fold, seed) and the mean, with the settings that produced it."""
     lines = [
         f"# ESC pre-trained vs from scratch: {settings['subset']}, config {settings['config']}, folds {settings['folds']}",
@@ -111,10 +111,10 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         "| fold | pre-trained acc. (%) | from scratch acc. (%) | difference (points) | best epoch pre-trained / scratch (%) |",
         "|---|---|---|---|---|",
     ]
-    for fold, arms in folds.items():
+    for run, arms in runs.items():
         p, s = arms["pretrained"], arms["scratch"]
         lines.append(
-            f"| {fold} | {_percent(p['accuracy_last'])} | {_percent(s['accuracy_last'])} | {100 * (p['accuracy_last'] - s['accuracy_last']):+.1f} "
+            f"| {run} | {_percent(p['accuracy_last'])} | {_percent(s['accuracy_last'])} | {100 * (p['accuracy_last'] - s['accuracy_last']):+.1f} "
             f"| {_percent(p['best_valid_accuracy_during_training'])} / {_percent(s['best_valid_accuracy_during_training'])} |"
         )
     lines.append(f"| mean | {_percent(summary['pretrained'])} | {_percent(summary['scratch'])} | {summary['difference_points']:+.1f} | |")
