@@ -119,7 +119,7 @@ def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
 
 def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
     """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s"}."""
-    out = os.path.join(args.work_dir, f"pretrain{pretraining_setting(args)}_seed{args.seed}")
+    out = os.path.join(args.work_dir, f"pretrain_{args.config}_{pretraining_budget(args)}{pretraining_setting(args)}_seed{args.seed}")
     command = [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
         f"task.data={manifest_dir}", "common.cpu=true", f"common.seed={args.seed}",
@@ -133,6 +133,12 @@ def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
         run(command, out, args.threads_pretrain, os.path.join(out, "stdout.log"))
     return {"checkpoint": os.path.join(out, "checkpoints", "checkpoint_last.pt"), "log": os.path.join(out, "run", "hydra_train.log"),
             "wall_s": training_seconds(out), "command": " ".join(command)}
+
+
+def pretraining_budget(args: argparse.Namespace) -> str:
+    """``pt10000`` (updates), ``pt30min`` (wall minutes), both joined by ``-``, or ``ptconfig``."""
+    parts = [f"{args.pretrain_updates}" if args.pretrain_updates else "", f"{args.pretrain_minutes:g}min" if args.pretrain_minutes else ""]
+    return "pt" + ("-".join(part for part in parts if part) or "config")
 
 
 def pretraining_setting(args: argparse.Namespace) -> str:
@@ -158,15 +164,19 @@ def finetune_setting(args: argparse.Namespace) -> str:
     return setting + (f"_freeze{args.freeze_encoder_updates}" if args.freeze_encoder_updates else "")
 
 
-def finetune_dir(args: argparse.Namespace, fold: int, seed: int) -> str:
-    """Folder of one fold's runs; everything that changes a run is in its name, so reuse never mixes settings."""
-    setting = f"{finetune_setting(args)}{pretraining_setting(args)}_seed{args.seed}_ftseed{seed}"
-    return os.path.join(args.work_dir, args.subset, f"fold{fold}", setting)
+def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> str:
+    """Folder of one fine-tuning run; everything that changes a run is in its path, so reuse never mixes settings.
+
+    The scratch arm does not depend on the pre-training, so one scratch run per fold, seed and fine-tuning
+    setting serves every pre-training setting compared in the same work dir.
+    """
+    runs = os.path.join(args.work_dir, args.subset, f"fold{fold}", f"{args.config}_{finetune_setting(args)}_ftseed{seed}")
+    return os.path.join(runs, "scratch" if arm == "scratch" else f"pretrained_{pretraining_budget(args)}{pretraining_setting(args)}_seed{args.seed}")
 
 
 def finetune_fold(args: argparse.Namespace, fold: int, seed: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
     """Fine-tune both arms on one fold with one seed (concurrently with --parallel), then evaluate each; -> {arm: result}."""
-    outs = {arm: os.path.join(finetune_dir(args, fold, seed), arm) for arm in ARMS}
+    outs = {arm: finetune_dir(args, fold, seed, arm) for arm in ARMS}
     commands = {arm: finetune_command(args, fold_dir, outs[arm], pretrained if arm == "pretrained" else None, seed) for arm in ARMS}
     commands_to_run = [arm for arm in ARMS if training_seconds(outs[arm]) is None]
     if args.parallel:
@@ -253,9 +263,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
-    budget = f"pt{args.pretrain_updates}" if args.pretrain_updates else (f"pt{args.pretrain_minutes:g}min" if args.pretrain_minutes else "ptconfig")
     seeds = "" if args.finetune_seeds == [1] else "_seeds" + "".join(map(str, args.finetune_seeds))
-    tag = args.tag or f"{args.subset}_{args.config}_{budget}{pretraining_setting(args)}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}{seeds}"
+    tag = args.tag or f"{args.subset}_{args.config}_{pretraining_budget(args)}{pretraining_setting(args)}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}{seeds}"
     manifests = build_manifests(args)
     pretraining = pretrain(args, manifests["unlabeled"])
     pretraining["curve"] = pretraining_curve(pretraining["log"])

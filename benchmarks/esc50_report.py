@@ -135,7 +135,9 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}"
         f"seed(s) {', '.join(map(str, settings.get('finetune_seeds', [settings['seed']])))} (pre-training seed {settings['seed']}), "
         f"{settings['threads']} thread(s) per run{', both arms at once' if settings['parallel'] else ''}.",
-        f"Total wall time {settings['total_wall_s'] / 60:.1f} min.",
+        f"Fine-tuning time {sum(arm['finetune_train_s'] for arms in runs.values() for arm in arms.values()) / 60:.1f} min over "
+        f"{sum(len(arms) for arms in runs.values())} runs (fairseq's training time, without evaluation); this command took "
+        f"{settings['total_wall_s'] / 60:.1f} min wall, reusing the finished runs of its work dir.",
         "",
         f"![validation accuracy]({figure})",
         "",

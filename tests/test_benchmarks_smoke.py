@@ -94,13 +94,17 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
     assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
-    variants = [
-        finetune_dir(args, 1, 1), finetune_dir(args, 1, 2), finetune_dir(args, 2, 1),
-        finetune_dir(parse_args(common + ["--seed", "2"]), 1, 1),
-        finetune_dir(parse_args(common + ["--subset", "esc50"]), 1, 1),
-        finetune_dir(parse_args(common + ["--finetune-updates", "20"]), 1, 1),
-        finetune_dir(parse_args(common + ["--pretrain-override", "criterion.temperature=0.2"]), 1, 1),
-    ]
-    assert len(set(variants)) == len(variants)
+    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--finetune-updates", "20"]]
+    changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"]]
+    for arm in ("pretrained", "scratch"):
+        variants = [finetune_dir(args, 1, 2, arm), finetune_dir(args, 2, 1, arm)]
+        variants += [finetune_dir(parse_args(common + change), 1, 1, arm) for change in changes_every_run]
+        assert len(set(variants)) == len(variants), arm
+    pretrained = [finetune_dir(parse_args(common + change), 1, 1, "pretrained") for change in [[]] + changes_pretraining_only]
+    assert len(set(pretrained)) == len(pretrained)
+    # Scratch runs never see the pre-training, so every pre-training setting is compared with the same ones.
+    scratch = {finetune_dir(parse_args(common + change), 1, 1, "scratch") for change in [[]] + changes_pretraining_only}
+    assert scratch == {finetune_dir(args, 1, 1, "scratch")}
+    assert finetune_dir(args, 1, 1, "scratch") not in pretrained
     command = finetune_command(args, "fold1", str(tmp_path / "run"), None, seed=2)
     assert "common.seed=2" in command and "+encoder=small" in command
