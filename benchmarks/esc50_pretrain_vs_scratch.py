@@ -250,7 +250,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
     parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
     parser.add_argument("--parallel", action="store_true", help="fine-tune both arms of a fold at the same time (one process each)")
-    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_pt<budget>_folds<...>_<fine-tuning>)")
+    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_pt<budget>[_<audio>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
     args = parser.parse_args(argv)
     if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
         parser.error("--pretrain-audio unlabeled+esc50-other holds out only ESC-10: use it with --subset esc10")
@@ -260,11 +260,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def default_tag(args: argparse.Namespace) -> str:
+    """Results file suffix naming everything that changes the numbers; seeds only where they differ from 1."""
+    seeds = ("" if args.seed == 1 else f"_ptseed{args.seed}") + ("" if args.finetune_seeds == [1] else "_seeds" + "".join(map(str, args.finetune_seeds)))
+    folds = "".join(map(str, args.folds))
+    return f"{args.subset}_{args.config}_{pretraining_budget(args)}{pretraining_setting(args)}_folds{folds}_{finetune_setting(args)}{seeds}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
-    seeds = "" if args.finetune_seeds == [1] else "_seeds" + "".join(map(str, args.finetune_seeds))
-    tag = args.tag or f"{args.subset}_{args.config}_{pretraining_budget(args)}{pretraining_setting(args)}_folds{''.join(map(str, args.folds))}_{finetune_setting(args)}{seeds}"
+    tag = args.tag or default_tag(args)
     manifests = build_manifests(args)
     pretraining = pretrain(args, manifests["unlabeled"])
     pretraining["curve"] = pretraining_curve(pretraining["log"])

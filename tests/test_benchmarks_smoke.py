@@ -89,7 +89,7 @@ def test_esc_benchmark_pretraining_audio_leaves_every_esc10_clip_out(tmp_path):
 
 
 def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folder(tmp_path):
-    from benchmarks.esc50_pretrain_vs_scratch import finetune_command, finetune_dir, parse_args
+    from benchmarks.esc50_pretrain_vs_scratch import default_tag, finetune_command, finetune_dir, parse_args
 
     common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
@@ -106,5 +106,7 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     scratch = {finetune_dir(parse_args(common + change), 1, 1, "scratch") for change in [[]] + changes_pretraining_only}
     assert scratch == {finetune_dir(args, 1, 1, "scratch")}
     assert finetune_dir(args, 1, 1, "scratch") not in pretrained
+    tags = [default_tag(parse_args(common + change)) for change in [[], ["--finetune-seeds", "1", "2"], *changes_every_run[1:], *changes_pretraining_only]]
+    assert len(set(tags)) == len(tags)
     command = finetune_command(args, "fold1", str(tmp_path / "run"), None, seed=2)
     assert "common.seed=2" in command and "+encoder=small" in command
