@@ -119,7 +119,7 @@ def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
 
 def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
     """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s"}."""
-    out = os.path.join(args.work_dir, f"pretrain_{args.config}_{pretraining_budget(args)}{pretraining_setting(args)}_seed{args.seed}")
+    out = os.path.join(args.work_dir, f"pretrain_{args.config}_{pretraining_setting(args)}_seed{args.seed}")
     command = [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
         f"task.data={manifest_dir}", "common.cpu=true", f"common.seed={args.seed}",
@@ -135,15 +135,14 @@ def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
             "wall_s": training_seconds(out), "command": " ".join(command)}
 
 
-def pretraining_budget(args: argparse.Namespace) -> str:
-    """``pt10000`` (updates), ``pt30min`` (wall minutes), both joined by ``-``, or ``ptconfig``."""
-    parts = [f"{args.pretrain_updates}" if args.pretrain_updates else "", f"{args.pretrain_minutes:g}min" if args.pretrain_minutes else ""]
-    return "pt" + ("-".join(part for part in parts if part) or "config")
-
-
 def pretraining_setting(args: argparse.Namespace) -> str:
-    """Suffix naming what differs from the default pre-training: the audio and the extra overrides."""
-    setting = "" if args.pretrain_audio == "unlabeled" else f"_{args.pretrain_audio.replace('+', '_')}"
+    """Name of everything but the seed that changes the pre-training: the budget, then any other audio and overrides.
+
+    The budget is ``pt10000`` (updates), ``pt30min`` (wall minutes), both joined by ``-``, or ``ptconfig``.
+    """
+    budget = [f"{args.pretrain_updates}" if args.pretrain_updates else "", f"{args.pretrain_minutes:g}min" if args.pretrain_minutes else ""]
+    setting = "pt" + ("-".join(part for part in budget if part) or "config")
+    setting += "" if args.pretrain_audio == "unlabeled" else f"_{args.pretrain_audio.replace('+', '_')}"
     return setting + "".join("_" + re.sub(r"[^A-Za-z0-9.]+", "-", override) for override in args.pretrain_override)
 
 
@@ -171,7 +170,7 @@ def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> st
     setting serves every pre-training setting compared in the same work dir.
     """
     runs = os.path.join(args.work_dir, args.subset, f"fold{fold}", f"{args.config}_{finetune_setting(args)}_ftseed{seed}")
-    return os.path.join(runs, "scratch" if arm == "scratch" else f"pretrained_{pretraining_budget(args)}{pretraining_setting(args)}_seed{args.seed}")
+    return os.path.join(runs, "scratch" if arm == "scratch" else f"pretrained_{pretraining_setting(args)}_seed{args.seed}")
 
 
 def finetune_fold(args: argparse.Namespace, fold: int, seed: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
@@ -264,7 +263,7 @@ def default_tag(args: argparse.Namespace) -> str:
     """Results file suffix naming everything that changes the numbers; seeds only where they differ from 1."""
     seeds = ("" if args.seed == 1 else f"_ptseed{args.seed}") + ("" if args.finetune_seeds == [1] else "_seeds" + "".join(map(str, args.finetune_seeds)))
     folds = "".join(map(str, args.folds))
-    return f"{args.subset}_{args.config}_{pretraining_budget(args)}{pretraining_setting(args)}_folds{folds}_{finetune_setting(args)}{seeds}"
+    return f"{args.subset}_{args.config}_{pretraining_setting(args)}_folds{folds}_{finetune_setting(args)}{seeds}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
