@@ -1,20 +1,22 @@
 """Frozen-feature linear probe: does pre-training give better ESC features before any fine-tuning?
 
-    python -m benchmarks.esc50_linear_probe PRETRAIN_CHECKPOINT FOLD_DIR [--out results.json]
+    python -m benchmarks.esc50_linear_probe PRETRAIN_CHECKPOINT FOLD_DIR [FOLD_DIR ...] [--out results.json]
 
 Builds the checkpoint's ``logmel_conformer`` twice, once with the pre-trained
-weights and once freshly initialised (seed 1), embeds every clip of FOLD_DIR's
+weights and once freshly initialised (seed 1), embeds every clip of the folds'
 train and valid splits (mean over time of the latent Z and of each conformer
-block's output), fits scikit-learn's logistic regression on train and reports
-valid accuracy per layer. A diagnostic of :mod:`benchmarks.esc50_pretrain_vs_scratch`:
-it separates "pre-training learnt nothing useful" from "fine-tuning washes out
-what it learnt".
+block's output), fits scikit-learn's logistic regression on each fold's train
+split and reports its valid accuracy per layer, and the mean over the folds.
+The probe is deterministic given the checkpoint, so unlike fine-tuning it
+compares pre-training runs without fine-tuning noise. A diagnostic of
+:mod:`benchmarks.esc50_pretrain_vs_scratch`: it separates "pre-training learnt
+nothing useful" from "fine-tuning washes out what it learnt".
 """
 import argparse
 import json
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,16 +32,21 @@ from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_fil
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
 
 
-def read_split(fold_dir: str, split: str, sample_rate: int):
-    """-> waveforms (N, S) (the clips must share a length, as ESC-50's 5 s clips do), class indices (N,)."""
+def read_split(fold_dir: str, split: str) -> Tuple[List[str], np.ndarray]:
+    """-> audio paths (N,), class indices (N,) of one split of an ESC manifest folder."""
     manifest = read_manifest(os.path.join(fold_dir, f"{split}.tsv"))
     vocabulary = LabelVocabulary.read(os.path.join(fold_dir, "labels.txt"))
     labels = read_label_file(os.path.join(fold_dir, f"{split}.labels"), vocabulary, len(manifest.files), single_label=True)
-    targets = np.array([indices[0] for indices in labels])
-    clips = [torch.as_tensor(read_audio(manifest.audio_path(i), sample_rate)) for i in range(len(manifest.files))]
+    paths = [manifest.audio_path(i) for i in range(len(manifest.files))]
+    return paths, np.array([indices[0] for indices in labels])
+
+
+def read_clips(paths: List[str], sample_rate: int) -> torch.Tensor:
+    """-> waveforms (N, S); the clips must share a length, as ESC-50's 5 s clips do."""
+    clips = [torch.as_tensor(read_audio(path, sample_rate)) for path in paths]
     if len({clip.shape[0] for clip in clips}) != 1:
-        raise ValueError(f"{fold_dir}/{split}.tsv: the probe needs clips of one length, got {sorted({c.shape[0] for c in clips})}")
-    return torch.stack(clips), targets
+        raise ValueError(f"the probe needs clips of one length, got lengths {sorted({c.shape[0] for c in clips})} samples")
+    return torch.stack(clips)
 
 
 @torch.no_grad()
@@ -70,25 +77,37 @@ def probe(train: List[np.ndarray], train_y: np.ndarray, valid: List[np.ndarray],
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a logmel_conformer pre-training checkpoint")
-    parser.add_argument("fold_dir", help="an ESC manifest folder (train/valid .tsv and .labels, labels.txt)")
+    parser.add_argument("fold_dirs", nargs="+", help="ESC manifest folders (train/valid .tsv and .labels, labels.txt), one per fold")
     parser.add_argument("--out", help="write the accuracies here as JSON")
     args = parser.parse_args(argv)
     torch.manual_seed(1)
     state = checkpoint_utils.load_checkpoint_to_cpu(args.checkpoint)
     cfg = OmegaConf.merge(OmegaConf.structured(LogmelConformerConfig(sample_rate=16000)), state["cfg"]["model"])
-    train_x, train_y = read_split(args.fold_dir, "train", cfg.sample_rate)
-    valid_x, valid_y = read_split(args.fold_dir, "valid", cfg.sample_rate)
+    splits = {(fold, split): read_split(fold, split) for fold in args.fold_dirs for split in ("train", "valid")}
+    # Cross-validation folds share their clips: each is embedded once per model.
+    paths = sorted({path for fold_paths, _ in splits.values() for path in fold_paths})
+    row = {path: i for i, path in enumerate(paths)}
+    waveforms = read_clips(paths, cfg.sample_rate)
     results: Dict[str, Dict] = {}
     for name in ("pretrained", "random_init"):
         model = LogmelConformerModel(cfg)
         if name == "pretrained":
             model.load_state_dict(state["model"])
-        train, valid = layer_embeddings(model, train_x), layer_embeddings(model, valid_x)
+        embeddings = layer_embeddings(model, waveforms)
+        per_fold, spread = [], []
+        for fold in args.fold_dirs:
+            (train_paths, train_y), (valid_paths, valid_y) = splits[fold, "train"], splits[fold, "valid"]
+            train = [layer[[row[p] for p in train_paths]] for layer in embeddings]
+            valid = [layer[[row[p] for p in valid_paths]] for layer in embeddings]
+            per_fold.append(probe(train, train_y, valid, valid_y))
+            spread.append(float(train[-1].std(0).mean()))
         results[name] = {
-            "valid_accuracy_per_layer": probe(train, train_y, valid, valid_y),
-            "last_layer_std_across_clips": float(train[-1].std(0).mean()),
+            "valid_accuracy_per_layer": [float(np.mean(layer)) for layer in zip(*per_fold)],
+            "valid_accuracy_per_layer_per_fold": per_fold,
+            "last_layer_std_across_clips": float(np.mean(spread)),
         }
-    payload = {"checkpoint": args.checkpoint, "fold_dir": args.fold_dir, "layers": ["latent_Z"] + [f"block{i + 1}" for i in range(cfg.encoder_layers)], **results}
+    layers = ["latent_Z"] + [f"block{i + 1}" for i in range(cfg.encoder_layers)]
+    payload = {"checkpoint": args.checkpoint, "fold_dirs": args.fold_dirs, "layers": layers, **results}
     print(json.dumps(payload, indent=1))
     if args.out:
         with open(args.out, "w") as f:

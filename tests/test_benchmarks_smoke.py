@@ -1,5 +1,7 @@
 """The benchmarks compare like with like: fairseq's trainer path and the bare loop take the same update."""
+import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -110,3 +112,35 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     assert len(set(tags)) == len(tags)
     command = finetune_command(args, "fold1", str(tmp_path / "run"), None, seed=2)
     assert "common.seed=2" in command and "+encoder=small" in command
+
+
+def test_linear_probe_over_folds_matches_each_fold_alone_and_rejects_mixed_lengths(tmp_path, pretrained_checkpoint):
+    from benchmarks import esc50_linear_probe
+    from conftest import write_labelled_corpus
+
+    # Two folds over the same clips with train and valid swapped, as cross-validation folds share clips.
+    fold_a = write_labelled_corpus(str(tmp_path / "fold_a"), num_train=12, num_valid=12, seconds=(2.0, 2.0))
+    fold_b = str(tmp_path / "fold_b")
+    os.makedirs(fold_b)
+    for name in ("labels.txt",) + tuple(f"{split}.{ext}" for split in ("train", "valid") for ext in ("tsv", "labels")):
+        swapped = name.replace("train", "VALID").replace("valid", "train").replace("VALID", "valid")
+        shutil.copy(os.path.join(fold_a, name), os.path.join(fold_b, swapped))
+
+    def probe(*folds):
+        out = str(tmp_path / f"probe_{len(folds)}.json")
+        assert esc50_linear_probe.main([pretrained_checkpoint, *folds, "--out", out]) == 0
+        with open(out) as f:
+            return json.load(f)
+
+    both, alone = probe(fold_a, fold_b), probe(fold_b)
+    for arm in ("pretrained", "random_init"):
+        per_fold = both[arm]["valid_accuracy_per_layer_per_fold"]
+        assert len(per_fold) == 2 and len(per_fold[0]) == len(both["layers"]) == 3  # latent Z + 2 tiny blocks
+        assert per_fold[1] == pytest.approx(alone[arm]["valid_accuracy_per_layer"])
+        assert both[arm]["valid_accuracy_per_layer"] == pytest.approx([(a + b) / 2 for a, b in zip(*per_fold)])
+    # Pre-trained and random weights give different features, so the two arms cannot be one model twice.
+    assert both["pretrained"]["last_layer_std_across_clips"] != pytest.approx(both["random_init"]["last_layer_std_across_clips"])
+
+    mixed = write_labelled_corpus(str(tmp_path / "mixed"), num_train=6, num_valid=4, seconds=(1.0, 3.0))
+    with pytest.raises(ValueError, match="clips of one length"):
+        esc50_linear_probe.main([pretrained_checkpoint, mixed])
