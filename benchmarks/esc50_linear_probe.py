@@ -44,8 +44,11 @@ def read_split(fold_dir: str, split: str) -> Tuple[List[str], np.ndarray]:
 def read_clips(paths: List[str], sample_rate: int) -> torch.Tensor:
     """-> waveforms (N, S); the clips must share a length, as ESC-50's 5 s clips do."""
     clips = [torch.as_tensor(read_audio(path, sample_rate)) for path in paths]
-    if len({clip.shape[0] for clip in clips}) != 1:
-        raise ValueError(f"the probe needs clips of one length, got lengths {sorted({c.shape[0] for c in clips})} samples")
+    for path, clip in zip(paths, clips):
+        if clip.shape[0] != clips[0].shape[0]:
+            raise ValueError(
+                f"the probe needs clips of one length: {path} has {clip.shape[0]} samples, {paths[0]} has {clips[0].shape[0]}"
+            )
     return torch.stack(clips)
 
 
