@@ -100,8 +100,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         per_fold, spread = [], []
         for fold in args.fold_dirs:
             (train_paths, train_y), (valid_paths, valid_y) = splits[fold, "train"], splits[fold, "valid"]
-            train = [layer[[row[p] for p in train_paths]] for layer in embeddings]
-            valid = [layer[[row[p] for p in valid_paths]] for layer in embeddings]
+            train_rows, valid_rows = [row[p] for p in train_paths], [row[p] for p in valid_paths]
+            train = [layer[train_rows] for layer in embeddings]
+            valid = [layer[valid_rows] for layer in embeddings]
             per_fold.append(probe(train, train_y, valid, valid_y))
             spread.append(float(train[-1].std(0).mean()))
         results[name] = {
