@@ -4,7 +4,7 @@
         --unlabeled-dir ../shared/data/unlabeled --work-dir /tmp/esc50_bench \\
         [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
         [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other] \\
-        [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
+        [--pretrain-fraction F] [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
         [--threads 1] [--parallel]
 
 Every step runs the project's own command lines, so the numbers describe what
@@ -22,7 +22,8 @@ accuracy table, the validation-accuracy curves of both arms and the
 pre-training (contrastive) accuracy curve. ``--pretrain-audio
 unlabeled+esc50-other`` adds the ESC-50 clips of the 40 classes outside ESC-10
 to the pre-training audio, without their labels (ESC-10 only, so no clip of the
-evaluated subset is ever seen in pre-training). Audio and checkpoints stay in
+evaluated subset is ever seen in pre-training); ``--pretrain-fraction`` keeps a
+fixed share of that audio's duration, for scaling studies. Audio and checkpoints stay in
 ``--work-dir``. Re-running with the same ``--work-dir`` reuses finished runs (so fine-tuning
 settings can be compared on one pre-trained checkpoint) and fairseq resumes
 unfinished ones from their ``checkpoint_last.pt``. Times are fairseq's own
@@ -32,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +43,8 @@ import numpy as np
 
 from benchmarks.common import RESULTS_DIR, write_json
 from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretraining_curve, validation_curve, write_figure, write_markdown
+from fairseq_logmel_conformer.cli.make_manifest import write_manifest
+from fairseq_logmel_conformer.data.audio import read_manifest
 from fairseq_logmel_conformer.prepare.esc50 import read_metadata
 
 BENCHMARK = "esc50_pretrain_vs_scratch"
@@ -111,10 +115,30 @@ def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
     if not os.path.isfile(os.path.join(folders["unlabeled"], "train.tsv")):
         run([os.path.join(BIN_DIR, "logmel-manifest"), pretraining_audio_dir(args), "--dest", folders["unlabeled"], "--valid-percent", "0.05"],
             args.work_dir, args.threads, os.path.join(args.work_dir, f"manifest_{args.pretrain_audio}.log"))
+    if args.pretrain_fraction < 1:
+        folders["unlabeled"] = subset_manifest(folders["unlabeled"], args.pretrain_fraction, f"{folders['unlabeled']}_frac{args.pretrain_fraction:g}")
     if not os.path.isfile(os.path.join(folders["esc"], "fold5", "valid.tsv")):
         command = [sys.executable, "-m", "fairseq_logmel_conformer.prepare", "esc50", args.esc50_dir, "--out", folders["esc"], "--jobs", str(args.threads)]
         run(command + (["--esc10"] if args.subset == "esc10" else []), args.work_dir, args.threads, os.path.join(args.work_dir, f"manifest_{args.subset}.log"))
     return folders
+
+
+def subset_manifest(source: str, fraction: float, dest: str) -> str:
+    """Write ``dest`` with the clips making up the first ``fraction`` of ``source``'s training audio duration, taken in
+    a fixed random order (so a smaller fraction keeps a subset of a larger one's clips), and ``source``'s valid.tsv
+    unchanged, so the held-out contrastive accuracy is measured on the same clips at every fraction."""
+    full = read_manifest(os.path.join(source, "train.tsv"))
+    order = np.random.default_rng(0).permutation(len(full.files))
+    kept_samples = np.cumsum(np.asarray(full.sizes)[order])
+    count = int(np.searchsorted(kept_samples, fraction * kept_samples[-1])) + 1
+    os.makedirs(dest, exist_ok=True)
+    write_manifest(os.path.join(dest, "train.tsv"), full.root, [(full.files[i], full.sizes[i]) for i in sorted(order[:count])])
+    shutil.copyfile(os.path.join(source, "valid.tsv"), os.path.join(dest, "valid.tsv"))
+    return dest
+
+
+def manifest_hours(manifest_dir: str, sample_rate: int = 16000) -> float:
+    return sum(read_manifest(os.path.join(manifest_dir, "train.tsv")).sizes) / sample_rate / 3600
 
 
 def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
@@ -132,7 +156,7 @@ def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
     if training_seconds(out) is None:
         run(command, out, args.threads_pretrain, os.path.join(out, "stdout.log"))
     return {"checkpoint": os.path.join(out, "checkpoints", "checkpoint_last.pt"), "log": os.path.join(out, "run", "hydra_train.log"),
-            "wall_s": training_seconds(out), "command": " ".join(command)}
+            "wall_s": training_seconds(out), "command": " ".join(command), "train_hours": round(manifest_hours(manifest_dir), 3)}
 
 
 def pretraining_setting(args: argparse.Namespace) -> str:
@@ -143,6 +167,7 @@ def pretraining_setting(args: argparse.Namespace) -> str:
     budget = [f"{args.pretrain_updates}" if args.pretrain_updates else "", f"{args.pretrain_minutes:g}min" if args.pretrain_minutes else ""]
     setting = "pt" + ("-".join(part for part in budget if part) or "config")
     setting += "" if args.pretrain_audio == "unlabeled" else f"_{args.pretrain_audio.replace('+', '_')}"
+    setting += "" if args.pretrain_fraction == 1 else f"_frac{args.pretrain_fraction:g}"
     return setting + "".join("_" + re.sub(r"[^A-Za-z0-9.]+", "-", override) for override in args.pretrain_override)
 
 
@@ -235,6 +260,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="pre-training audio: --unlabeled-dir, or also the ESC-50 clips outside ESC-10 without labels (--subset esc10 only)",
     )
     parser.add_argument(
+        "--pretrain-fraction", type=float, default=1.0,
+        help="pre-train on this share (0-1] of the pre-training audio's duration, a fixed random subset of its clips",
+    )
+    parser.add_argument(
         "--pretrain-override", nargs="+", default=[], metavar="KEY=VALUE",
         help="extra Hydra overrides of the pre-training command, e.g. task.min_sample_size=32000",
     )
@@ -249,8 +278,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
     parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
     parser.add_argument("--parallel", action="store_true", help="fine-tune both arms of a fold at the same time (one process each)")
-    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_pt<budget>[_<audio>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
+    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
     args = parser.parse_args(argv)
+    if not 0 < args.pretrain_fraction <= 1:
+        parser.error(f"--pretrain-fraction must be in (0, 1], got {args.pretrain_fraction}")
     if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
         parser.error("--pretrain-audio unlabeled+esc50-other holds out only ESC-10: use it with --subset esc10")
     args.finetune_seeds = args.finetune_seeds or [args.seed]

@@ -99,6 +99,10 @@ def _percent(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
+def _share(fraction: float) -> str:
+    return "" if fraction == 1 else f" (a fixed random {100 * fraction:g}% of its duration)"
+
+
 def _frozen_start(updates: int) -> str:
     return f"head alone for the first {updates} updates, " if updates else "whole model from the first update, "
 
@@ -129,7 +133,8 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         "the best-epoch column is read off the validation curve and is optimistic.",
         f"Pre-training: `pretrain_{settings['config']}`, {curve['valid_updates'][-1] if curve['valid_updates'] else 0} updates, "
         f"{pretraining['wall_s'] / 60:.1f} min wall, final contrastive accuracy on held-out unlabelled clips {_percent(last_valid)}%.",
-        f"Pre-training audio: {PRETRAINING_AUDIO[settings.get('pretrain_audio', 'unlabeled')]}; "
+        f"Pre-training audio: {PRETRAINING_AUDIO[settings.get('pretrain_audio', 'unlabeled')]}"
+        f"{_share(settings.get('pretrain_fraction', 1.0))}, {pretraining['train_hours']:.2f} h of training clips; "
         f"overrides: {' '.join(f'`{o}`' for o in settings.get('pretrain_override', [])) or 'none'}.",
         f"Fine-tuning: `finetune_esc50`, {settings['finetune_updates']} updates per run, peak learning rate "
         f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}"

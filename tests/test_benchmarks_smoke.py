@@ -90,6 +90,30 @@ def test_esc_benchmark_pretraining_audio_leaves_every_esc10_clip_out(tmp_path):
         parse_args(common + ["--pretrain-audio", "unlabeled+esc50-other", "--subset", "esc50"])
 
 
+def test_esc_benchmark_pretraining_fraction_keeps_nested_shares_of_the_duration_and_the_same_valid_clips(tmp_path):
+    from benchmarks.esc50_pretrain_vs_scratch import manifest_hours, parse_args, subset_manifest
+    from fairseq_logmel_conformer.cli.make_manifest import write_manifest
+    from fairseq_logmel_conformer.data.audio import read_manifest
+
+    clip_samples = [16000 * (1 + i % 7) for i in range(40)]
+    source = tmp_path / "full"
+    source.mkdir()
+    write_manifest(str(source / "train.tsv"), "/audio", [(f"clip{i}.wav", n) for i, n in enumerate(clip_samples)])
+    write_manifest(str(source / "valid.tsv"), "/audio", [("held_out.wav", 16000)])
+    kept = {}
+    for fraction in (0.25, 0.5, 1.0):
+        subset = subset_manifest(str(source), fraction, str(tmp_path / f"frac{fraction}"))
+        kept[fraction] = set(read_manifest(os.path.join(subset, "train.tsv")).files)
+        longest_clip_hours = max(clip_samples) / 16000 / 3600
+        assert fraction * manifest_hours(str(source)) <= manifest_hours(subset) < fraction * manifest_hours(str(source)) + longest_clip_hours
+        assert (tmp_path / f"frac{fraction}" / "valid.tsv").read_text() == (source / "valid.tsv").read_text()
+    assert kept[0.25] < kept[0.5] < kept[1.0] == {f"clip{i}.wav" for i in range(40)}
+    common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
+    for fraction in ("0", "1.5"):
+        with pytest.raises(SystemExit):
+            parse_args(common + ["--pretrain-fraction", fraction])
+
+
 def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folder(tmp_path):
     from benchmarks.esc50_pretrain_vs_scratch import default_tag, finetune_command, finetune_dir, parse_args
 
@@ -97,7 +121,7 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
     assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
     changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--finetune-updates", "20"]]
-    changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"]]
+    changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"], ["--pretrain-fraction", "0.5"]]
     for arm in ("pretrained", "scratch"):
         variants = [finetune_dir(args, 1, 2, arm), finetune_dir(args, 2, 1, arm)]
         variants += [finetune_dir(parse_args(common + change), 1, 1, arm) for change in changes_every_run]
