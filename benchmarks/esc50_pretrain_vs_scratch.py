@@ -143,7 +143,7 @@ def manifest_hours(manifest_dir: str, sample_rate: int = 16000) -> float:
 
 def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
     """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s"}."""
-    out = os.path.join(args.work_dir, f"pretrain_{args.config}_{pretraining_setting(args)}_seed{args.seed}")
+    out = os.path.join(args.work_dir, f"pretrain_{args.config}_{pretraining_run(args)}")
     command = [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
         f"task.data={manifest_dir}", "common.cpu=true", f"common.seed={args.seed}",
@@ -171,6 +171,11 @@ def pretraining_setting(args: argparse.Namespace) -> str:
     return setting + "".join("_" + re.sub(r"[^A-Za-z0-9.]+", "-", override) for override in args.pretrain_override)
 
 
+def pretraining_run(args: argparse.Namespace) -> str:
+    """Name of one pre-training run: its setting and seed (work-dir folders; results tags name the seed only if not 1)."""
+    return f"{pretraining_setting(args)}_seed{args.seed}"
+
+
 def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoint: Optional[str], seed: int) -> List[str]:
     """The fine-tuning command line; both arms differ only in where the encoder comes from."""
     encoder = [f"model.pretrained_path={checkpoint}"] if checkpoint else ["model.pretrained_path=null", f"+encoder={args.config}"]
@@ -195,7 +200,7 @@ def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> st
     setting serves every pre-training setting compared in the same work dir.
     """
     runs = os.path.join(args.work_dir, args.subset, f"fold{fold}", f"{args.config}_{finetune_setting(args)}_ftseed{seed}")
-    return os.path.join(runs, "scratch" if arm == "scratch" else f"pretrained_{pretraining_setting(args)}_seed{args.seed}")
+    return os.path.join(runs, "scratch" if arm == "scratch" else f"pretrained_{pretraining_run(args)}")
 
 
 def finetune_fold(args: argparse.Namespace, fold: int, seed: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
