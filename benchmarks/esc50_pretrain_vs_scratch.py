@@ -138,11 +138,12 @@ def subset_manifest(source: str, fraction: float, dest: str) -> str:
 
 
 def manifest_hours(manifest_dir: str, sample_rate: int = 16000) -> float:
+    """Hours of audio in ``manifest_dir/train.tsv``, whose lengths ``logmel-manifest`` counts at 16 kHz."""
     return sum(read_manifest(os.path.join(manifest_dir, "train.tsv")).sizes) / sample_rate / 3600
 
 
 def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
-    """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s"}."""
+    """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s", "command", "train_hours"}."""
     out = os.path.join(args.work_dir, f"pretrain_{args.config}_{pretraining_run(args)}")
     command = [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
