@@ -100,12 +100,12 @@ def test_esc_benchmark_pretraining_fraction_keeps_nested_shares_of_the_duration_
     source.mkdir()
     write_manifest(str(source / "train.tsv"), "/audio", [(f"clip{i}.wav", n) for i, n in enumerate(clip_samples)])
     write_manifest(str(source / "valid.tsv"), "/audio", [("held_out.wav", 16000)])
+    full_hours, longest_clip_hours = manifest_hours(str(source)), max(clip_samples) / 16000 / 3600
     kept = {}
     for fraction in (0.25, 0.5, 1.0):
         subset = subset_manifest(str(source), fraction, str(tmp_path / f"frac{fraction}"))
         kept[fraction] = set(read_manifest(os.path.join(subset, "train.tsv")).files)
-        longest_clip_hours = max(clip_samples) / 16000 / 3600
-        assert fraction * manifest_hours(str(source)) <= manifest_hours(subset) < fraction * manifest_hours(str(source)) + longest_clip_hours
+        assert fraction * full_hours <= manifest_hours(subset) < fraction * full_hours + longest_clip_hours
         assert (tmp_path / f"frac{fraction}" / "valid.tsv").read_text() == (source / "valid.tsv").read_text()
     assert kept[0.25] < kept[0.5] < kept[1.0] == {f"clip{i}.wav" for i in range(40)}
     common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
