@@ -7,6 +7,9 @@ weights and once freshly initialised (seed 1), embeds every clip of the folds'
 train and valid splits (mean over time of the latent Z and of each conformer
 block's output), fits scikit-learn's logistic regression on each fold's train
 split and reports its valid accuracy per layer, and the mean over the folds.
+As a hand-crafted reference it probes the same way the clip mean and standard
+deviation over time of each log-mel bin of the model's own frontend (the
+classic bag-of-frames features), which no weight touches.
 The probe is deterministic given the checkpoint, so unlike fine-tuning it
 compares pre-training runs without fine-tuning noise. A diagnostic of
 :mod:`benchmarks.esc50_pretrain_vs_scratch`: it separates "pre-training learnt
@@ -30,6 +33,7 @@ import fairseq_logmel_conformer  # noqa: F401  (registers the plugin's component
 from fairseq_logmel_conformer.data.audio import read_audio, read_manifest
 from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
+from fairseq_logmel_conformer.modules.frontend import LogmelFrontend
 
 
 def read_split(fold_dir: str, split: str) -> Tuple[List[str], np.ndarray]:
@@ -68,6 +72,16 @@ def layer_embeddings(model: LogmelConformerModel, waveforms: torch.Tensor, batch
     return [np.concatenate([batch[k] for batch in per_layer]) for k in range(len(per_layer[0]))]
 
 
+@torch.no_grad()
+def logmel_statistics(frontend: LogmelFrontend, waveforms: torch.Tensor, batch_size: int = 32) -> np.ndarray:
+    """(N, S) -> (N, 2 * n_mels): mean and standard deviation over time of each log-mel bin."""
+    batches = []
+    for start in range(0, len(waveforms), batch_size):
+        logmel, _ = frontend(waveforms[start : start + batch_size])
+        batches.append(torch.cat([logmel.mean(1), logmel.std(1)], dim=1).numpy())
+    return np.concatenate(batches)
+
+
 def probe(train: List[np.ndarray], train_y: np.ndarray, valid: List[np.ndarray], valid_y: np.ndarray) -> List[float]:
     """Valid accuracy of a standardised logistic regression per layer."""
     accuracies = []
@@ -75,6 +89,28 @@ def probe(train: List[np.ndarray], train_y: np.ndarray, valid: List[np.ndarray],
         classifier = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
         accuracies.append(float(classifier.fit(x_train, train_y).score(x_valid, valid_y)))
     return accuracies
+
+
+def probe_folds(
+    embeddings: List[np.ndarray],
+    folds: List[str],
+    splits: Dict[Tuple[str, str], Tuple[List[str], np.ndarray]],
+    row: Dict[str, int],
+) -> Dict:
+    """Probe every fold on ``embeddings``: one (N, D) array per layer, the clip at ``path`` in row ``row[path]``."""
+    per_fold, spread = [], []
+    for fold in folds:
+        (train_paths, train_y), (valid_paths, valid_y) = splits[fold, "train"], splits[fold, "valid"]
+        train_rows, valid_rows = [row[p] for p in train_paths], [row[p] for p in valid_paths]
+        train = [layer[train_rows] for layer in embeddings]
+        valid = [layer[valid_rows] for layer in embeddings]
+        per_fold.append(probe(train, train_y, valid, valid_y))
+        spread.append(float(train[-1].std(0).mean()))
+    return {
+        "valid_accuracy_per_layer": [float(np.mean(layer)) for layer in zip(*per_fold)],
+        "valid_accuracy_per_layer_per_fold": per_fold,
+        "last_layer_std_across_clips": float(np.mean(spread)),
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -96,20 +132,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         model = LogmelConformerModel(cfg)
         if name == "pretrained":
             model.load_state_dict(state["model"])
-        embeddings = layer_embeddings(model, waveforms)
-        per_fold, spread = [], []
-        for fold in args.fold_dirs:
-            (train_paths, train_y), (valid_paths, valid_y) = splits[fold, "train"], splits[fold, "valid"]
-            train_rows, valid_rows = [row[p] for p in train_paths], [row[p] for p in valid_paths]
-            train = [layer[train_rows] for layer in embeddings]
-            valid = [layer[valid_rows] for layer in embeddings]
-            per_fold.append(probe(train, train_y, valid, valid_y))
-            spread.append(float(train[-1].std(0).mean()))
-        results[name] = {
-            "valid_accuracy_per_layer": [float(np.mean(layer)) for layer in zip(*per_fold)],
-            "valid_accuracy_per_layer_per_fold": per_fold,
-            "last_layer_std_across_clips": float(np.mean(spread)),
-        }
+        results[name] = probe_folds(layer_embeddings(model, waveforms), args.fold_dirs, splits, row)
+    reference = probe_folds([logmel_statistics(model.frontend, waveforms)], args.fold_dirs, splits, row)
+    results["logmel_statistics"] = {
+        "valid_accuracy": reference["valid_accuracy_per_layer"][0],
+        "valid_accuracy_per_fold": [accuracies[0] for accuracies in reference["valid_accuracy_per_layer_per_fold"]],
+    }
     layers = ["latent_Z"] + [f"block{i + 1}" for i in range(cfg.encoder_layers)]
     payload = {"checkpoint": args.checkpoint, "fold_dirs": args.fold_dirs, "layers": layers, **results}
     print(json.dumps(payload, indent=1))

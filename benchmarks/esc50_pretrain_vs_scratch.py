@@ -4,7 +4,7 @@
         --unlabeled-dir ../shared/data/unlabeled --work-dir /tmp/esc50_bench \\
         [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
         [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other] \\
-        [--pretrain-fraction F] [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
+        [--pretrain-fraction F] [--model-override KEY=VALUE ...] [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
         [--threads 1] [--parallel]
 
 Every step runs the project's own command lines, so the numbers describe what
@@ -142,22 +142,39 @@ def manifest_hours(manifest_dir: str, sample_rate: int = 16000) -> float:
     return sum(read_manifest(os.path.join(manifest_dir, "train.tsv")).sizes) / sample_rate / 3600
 
 
-def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
-    """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s", "command", "train_hours"}."""
-    out = os.path.join(args.work_dir, f"pretrain_{args.config}_{pretraining_run(args)}")
+def pretrain_command(args: argparse.Namespace, manifest_dir: str, out: str) -> List[str]:
+    """The pre-training command line, with its outputs under ``out``."""
     command = [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
         f"task.data={manifest_dir}", "common.cpu=true", f"common.seed={args.seed}",
-        f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run", *args.pretrain_override,
+        f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
+        *(f"++model.{override}" for override in args.model_override), *args.pretrain_override,
     ]
     if args.pretrain_updates is not None:
         command.append(f"optimization.max_update={args.pretrain_updates}")
     if args.pretrain_minutes is not None:
         command.append(f"optimization.stop_time_hours={args.pretrain_minutes / 60}")
+    return command
+
+
+def pretrain(args: argparse.Namespace, manifest_dir: str) -> Dict:
+    """Pre-train on the unlabelled manifests; -> {"checkpoint", "log", "wall_s", "command", "train_hours"}."""
+    out = os.path.join(args.work_dir, f"pretrain_{architecture(args)}_{pretraining_run(args)}")
+    command = pretrain_command(args, manifest_dir, out)
     if training_seconds(out) is None:
         run(command, out, args.threads_pretrain, os.path.join(out, "stdout.log"))
     return {"checkpoint": os.path.join(out, "checkpoints", "checkpoint_last.pt"), "log": os.path.join(out, "run", "hydra_train.log"),
             "wall_s": training_seconds(out), "command": " ".join(command), "train_hours": round(manifest_hours(manifest_dir), 3)}
+
+
+def slug(override: str) -> str:
+    """A Hydra override as a folder-name part: ``model.mask_prob=0.5`` -> ``model.mask-prob-0.5``."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", override)
+
+
+def architecture(args: argparse.Namespace) -> str:
+    """Name of the conformer both arms train: the config, then any --model-override (``small_feature-norm-global``)."""
+    return args.config + "".join("_" + slug(override) for override in args.model_override)
 
 
 def pretraining_setting(args: argparse.Namespace) -> str:
@@ -169,7 +186,7 @@ def pretraining_setting(args: argparse.Namespace) -> str:
     setting = "pt" + ("-".join(part for part in budget if part) or "config")
     setting += "" if args.pretrain_audio == "unlabeled" else f"_{args.pretrain_audio.replace('+', '_')}"
     setting += "" if args.pretrain_fraction == 1 else f"_frac{args.pretrain_fraction:g}"
-    return setting + "".join("_" + re.sub(r"[^A-Za-z0-9.]+", "-", override) for override in args.pretrain_override)
+    return setting + "".join("_" + slug(override) for override in args.pretrain_override)
 
 
 def pretraining_run(args: argparse.Namespace) -> str:
@@ -179,7 +196,10 @@ def pretraining_run(args: argparse.Namespace) -> str:
 
 def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoint: Optional[str], seed: int) -> List[str]:
     """The fine-tuning command line; both arms differ only in where the encoder comes from."""
-    encoder = [f"model.pretrained_path={checkpoint}"] if checkpoint else ["model.pretrained_path=null", f"+encoder={args.config}"]
+    # The pre-trained arm takes the architecture, --model-override included, from its checkpoint.
+    encoder = [f"model.pretrained_path={checkpoint}"] if checkpoint else [
+        "model.pretrained_path=null", f"+encoder={args.config}", *(f"++model.encoder.{override}" for override in args.model_override)
+    ]
     return [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "finetune_esc50",
         f"task.data={fold_dir}", *encoder, "common.cpu=true", f"common.seed={seed}", "dataset.num_workers=0",
@@ -200,7 +220,7 @@ def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> st
     The scratch arm does not depend on the pre-training, so one scratch run per fold, seed and fine-tuning
     setting serves every pre-training setting compared in the same work dir.
     """
-    runs = os.path.join(args.work_dir, args.subset, f"fold{fold}", f"{args.config}_{finetune_setting(args)}_ftseed{seed}")
+    runs = os.path.join(args.work_dir, args.subset, f"fold{fold}", f"{architecture(args)}_{finetune_setting(args)}_ftseed{seed}")
     return os.path.join(runs, "scratch" if arm == "scratch" else f"pretrained_{pretraining_run(args)}")
 
 
@@ -270,6 +290,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="pre-train on this share (0-1] of the pre-training audio's duration, a fixed random subset of its clips",
     )
     parser.add_argument(
+        "--model-override", nargs="+", default=[], metavar="KEY=VALUE",
+        help="logmel_conformer settings of both arms, e.g. feature_norm=global: ++model.KEY in pre-training, "
+        "++model.encoder.KEY from scratch (the pre-trained arm inherits them)",
+    )
+    parser.add_argument(
         "--pretrain-override", nargs="+", default=[], metavar="KEY=VALUE",
         help="extra Hydra overrides of the pre-training command, e.g. task.min_sample_size=32000",
     )
@@ -284,7 +309,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
     parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
     parser.add_argument("--parallel", action="store_true", help="fine-tune both arms of a fold at the same time (one process each)")
-    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
+    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>[_<model overrides>]_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
     args = parser.parse_args(argv)
     if not 0 < args.pretrain_fraction <= 1:
         parser.error(f"--pretrain-fraction must be in (0, 1], got {args.pretrain_fraction}")
@@ -300,7 +325,7 @@ def default_tag(args: argparse.Namespace) -> str:
     """Results file suffix naming everything that changes the numbers; seeds only where they differ from 1."""
     seeds = ("" if args.seed == 1 else f"_ptseed{args.seed}") + ("" if args.finetune_seeds == [1] else "_seeds" + "".join(map(str, args.finetune_seeds)))
     folds = "".join(map(str, args.folds))
-    return f"{args.subset}_{args.config}_{pretraining_setting(args)}_folds{folds}_{finetune_setting(args)}{seeds}"
+    return f"{args.subset}_{architecture(args)}_{pretraining_setting(args)}_folds{folds}_{finetune_setting(args)}{seeds}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -115,12 +115,12 @@ def test_esc_benchmark_pretraining_fraction_keeps_nested_shares_of_the_duration_
 
 
 def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folder(tmp_path):
-    from benchmarks.esc50_pretrain_vs_scratch import default_tag, finetune_command, finetune_dir, parse_args
+    from benchmarks.esc50_pretrain_vs_scratch import default_tag, finetune_command, finetune_dir, parse_args, pretrain_command
 
     common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
     assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
-    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--finetune-updates", "20"]]
+    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=global"], ["--finetune-updates", "20"]]
     changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"], ["--pretrain-fraction", "0.5"]]
     for arm in ("pretrained", "scratch"):
         variants = [finetune_dir(args, 1, 2, arm), finetune_dir(args, 2, 1, arm)]
@@ -136,6 +136,11 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     assert len(set(tags)) == len(tags)
     command = finetune_command(args, "fold1", str(tmp_path / "run"), None, seed=2)
     assert "common.seed=2" in command and "+encoder=small" in command
+    # An architecture change reaches both arms: pre-training and scratch set it, the pre-trained arm inherits it.
+    changed = parse_args(common + ["--model-override", "feature_norm=global"])
+    assert "++model.feature_norm=global" in pretrain_command(changed, "manifests", "out")
+    assert "++model.encoder.feature_norm=global" in finetune_command(changed, "fold1", "run", None, seed=1)
+    assert not any("feature_norm" in part for part in finetune_command(changed, "fold1", "run", "checkpoint.pt", seed=1))
 
 
 def test_linear_probe_over_folds_matches_each_fold_alone_and_rejects_mixed_lengths(tmp_path, pretrained_checkpoint):
@@ -164,6 +169,12 @@ def test_linear_probe_over_folds_matches_each_fold_alone_and_rejects_mixed_lengt
         assert both[arm]["valid_accuracy_per_layer"] == pytest.approx([(a + b) / 2 for a, b in zip(*per_fold)])
     # Pre-trained and random weights give different features, so the two arms cannot be one model twice.
     assert both["pretrained"]["last_layer_std_across_clips"] != pytest.approx(both["random_init"]["last_layer_std_across_clips"])
+    reference = both["logmel_statistics"]
+    assert reference["valid_accuracy_per_fold"][1] == pytest.approx(alone["logmel_statistics"]["valid_accuracy"])
+    assert reference["valid_accuracy"] == pytest.approx(sum(reference["valid_accuracy_per_fold"]) / 2)
+    # Tones, chirps, noise bursts, clicks and tremolo differ in spectrum and envelope: bag-of-frames
+    # statistics separate them far above chance (0.2), unless the rows and labels were misaligned.
+    assert min(reference["valid_accuracy_per_fold"]) >= 0.75
 
     mixed = write_labelled_corpus(str(tmp_path / "mixed"), num_train=6, num_valid=4, seconds=(1.0, 3.0))
     with pytest.raises(ValueError, match=r"clips of one length: .*\.wav has \d+ samples"):

@@ -63,9 +63,13 @@ def test_finetune_multi_label_linear_softmax_then_evaluate(tmp_path, labelled_co
 
 
 def test_finetune_from_scratch_and_reload_without_the_data(tmp_path, labelled_corpus):
-    """The scratch baseline needs no pre-trained checkpoint; the fine-tuned checkpoint reloads on its own."""
+    """The scratch baseline needs no pre-trained checkpoint, takes encoder settings from the command line,
+    and the fine-tuned checkpoint reloads on its own with them."""
     workdir = str(tmp_path)
-    hydra_train("finetune_esc50", workdir, f"task.data={labelled_corpus}", "model.pretrained_path=null", "+encoder=tiny", *FAST)
+    hydra_train(
+        "finetune_esc50", workdir, f"task.data={labelled_corpus}", "model.pretrained_path=null", "+encoder=tiny",
+        "+model.encoder.feature_norm=global", *FAST,
+    )
     import torch
 
     import fairseq_logmel_conformer  # noqa: F401
@@ -73,6 +77,8 @@ def test_finetune_from_scratch_and_reload_without_the_data(tmp_path, labelled_co
 
     state = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", weights_only=False)
     assert state["cfg"]["model"]["encoder"]["encoder_dim"] == 64
+    assert state["cfg"]["model"]["encoder"]["feature_norm"] == "global"
+    assert "encoder.feature_encoder.layer_norm.weight" not in state["model"]
     assert state["cfg"]["model"]["class_names"] == list(SOUND_CLASSES)
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task([f"{workdir}/checkpoints/checkpoint_last.pt"], arg_overrides={"data": "/nonexistent"})
     probs = models[0].eval().predict(torch.randn(3, 16000))

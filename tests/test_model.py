@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.criterions.logmel_contrastive import contrastive_logits
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
+from fairseq_logmel_conformer.modules.frontend import StackedFeatureEncoder
 from fairseq_logmel_conformer.modules.masking import compute_span_mask, sample_cross_clip_distractors, sample_distractors
 
 
@@ -66,8 +67,9 @@ def test_padding_mask_lengths_follow_each_clip():
     assert (~step_padding).sum(1).tolist() == [((1 + n // 320) // 4) for n in lengths.tolist()]
 
 
-def test_batched_forward_equals_per_clip_forward_in_eval_mode():
-    model = tiny_model().eval()
+@pytest.mark.parametrize("feature_norm", ["layer", "global"])
+def test_batched_forward_equals_per_clip_forward_in_eval_mode(feature_norm):
+    model = tiny_model(feature_norm=feature_norm).eval()
     lengths = [16000, 11111, 7000]
     clips = [torch.randn(n) for n in lengths]
     batch = torch.zeros(3, max(lengths))
@@ -84,6 +86,22 @@ def test_batched_forward_equals_per_clip_forward_in_eval_mode():
             torch.testing.assert_close(batched[i, :valid], alone[0], atol=1e-4, rtol=1e-4)
         clip_embeddings = model.clip_embedding(batch, padding_mask)
         torch.testing.assert_close(clip_embeddings[1], model.clip_embedding(clips[1][None])[0], atol=1e-4, rtol=1e-4)
+
+
+def test_global_feature_norm_keeps_the_step_level_that_layer_norm_removes():
+    frames = torch.randn(2, 40, 64)
+    louder = frames + 4.6  # the same sound 10x louder: +ln(100) in every bin of a power log-mel
+    with torch.no_grad():
+        layer = tiny_model(feature_norm="layer").feature_encoder
+        torch.testing.assert_close(layer(louder)[0], layer(frames)[0], atol=1e-4, rtol=1e-4)
+        encoder = tiny_model(feature_norm="global", logmel_mean=-3.0, logmel_std=5.0).feature_encoder
+        assert not any("layer_norm" in name for name, _ in encoder.named_parameters())
+        stacked = frames.reshape(2, 10, 256)
+        torch.testing.assert_close(encoder(frames)[0], encoder.proj((stacked + 3.0) / 5.0))
+        shift = encoder.proj.weight.sum(1) * 4.6 / 5.0
+        torch.testing.assert_close(encoder(louder)[0] - encoder(frames)[0], shift.expand(2, 10, -1), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="norm must be 'layer' or 'global', got 'batch'"):
+        StackedFeatureEncoder(norm="batch")
 
 
 def test_span_mask_covers_about_mask_prob_and_never_padding():

@@ -4,13 +4,15 @@ from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 
 from ..modules.conformer import ConformerContextEncoder
 from ..modules.frontend import LogmelFrontend, StackedFeatureEncoder, lengths_to_padding_mask
 from ..modules.masking import compute_span_mask
+
+FEATURE_NORM_CHOICES = ChoiceEnum(["layer", "global"])
 
 
 @dataclass
@@ -20,6 +22,22 @@ class LogmelConformerConfig(FairseqDataclass):
     win_ms: float = field(default=64.0, metadata={"help": "STFT window (and FFT size) in milliseconds"})
     hop_ms: float = field(default=20.0, metadata={"help": "STFT hop in milliseconds"})
     stack_frames: int = field(default=4, metadata={"help": "consecutive log-mel frames stacked into one latent step"})
+    feature_norm: FEATURE_NORM_CHOICES = field(
+        default="layer",
+        metadata={
+            "help": "normalisation of each stacked step before the projection to Z. layer: layer norm over the step "
+            "(wav2vec 2.0's CNN features), which removes its level; global: (logmel - logmel_mean) / logmel_std with "
+            "fixed scalars (AST, BEATs), which keeps it"
+        },
+    )
+    logmel_mean: float = field(
+        default=-3.55,
+        metadata={"help": "global feature_norm: the log-mel mean subtracted (default: measured on the ESC benchmark's pre-training audio)"},
+    )
+    logmel_std: float = field(
+        default=5.68,
+        metadata={"help": "global feature_norm: the log-mel standard deviation divided by (measured like logmel_mean)"},
+    )
     latent_dim: int = field(default=256, metadata={"help": "dimension of the latent Z (feature encoder output and contrastive space)"})
     encoder_dim: int = field(default=256, metadata={"help": "conformer model dimension d (cf_S 256, cf_L 768)"})
     encoder_layers: int = field(default=12, metadata={"help": "number of conformer blocks"})
@@ -40,7 +58,9 @@ class LogmelConformerModel(BaseFairseqModel):
         super().__init__()
         self.cfg = cfg
         self.frontend = LogmelFrontend(cfg.sample_rate, cfg.n_mels, cfg.win_ms, cfg.hop_ms)
-        self.feature_encoder = StackedFeatureEncoder(cfg.n_mels, cfg.stack_frames, cfg.latent_dim)
+        self.feature_encoder = StackedFeatureEncoder(
+            cfg.n_mels, cfg.stack_frames, cfg.latent_dim, cfg.feature_norm, cfg.logmel_mean, cfg.logmel_std
+        )
         self.mask_embedding = nn.Parameter(torch.empty(cfg.latent_dim).uniform_())
         kernel_sizes = [cfg.first_kernel_size] + [cfg.kernel_size] * (cfg.encoder_layers - 1)
         self.context_encoder = ConformerContextEncoder(

@@ -29,8 +29,7 @@ class LogmelFrontend(nn.Module):
 
     Normalisation: natural log of the power mel spectrogram of the [-1, 1]
     waveform with a floor of 1e-6; no per-clip statistics (they would break
-    padding invariance). Scale is normalised later by the feature encoder's
-    layer norm over each stacked frame, as wav2vec 2.0 does for its CNN features.
+    padding invariance). The feature encoder normalises each stacked step.
     """
 
     def __init__(self, sample_rate: int = 16000, n_mels: int = 64, win_ms: float = 64.0, hop_ms: float = 20.0):
@@ -72,15 +71,28 @@ class LogmelFrontend(nn.Module):
 
 
 class StackedFeatureEncoder(nn.Module):
-    """Stack ``stack`` consecutive frames and project: (B, T, F) -> (B, T // stack, dim).
+    """Stack ``stack`` consecutive frames, normalise and project: (B, T, F) -> (B, T // stack, dim).
 
-    Trailing frames that do not fill a stack are dropped.
+    ``norm="layer"`` layer-normalises each stacked step, as wav2vec 2.0 does its
+    CNN features: every step gets zero mean and unit variance, so its level is
+    lost (a faint background step looks like a loud event). ``norm="global"``
+    standardises every value with the same fixed scalars, ``(x - mean) / std``
+    (as AST and BEATs do), which keeps the level of each step and stays padding
+    invariant. Trailing frames that do not fill a stack are dropped.
     """
 
-    def __init__(self, in_features: int = 64, stack: int = 4, dim: int = 256):
+    def __init__(
+        self, in_features: int = 64, stack: int = 4, dim: int = 256, norm: str = "layer", mean: float = 0.0, std: float = 1.0
+    ):
         super().__init__()
+        if norm not in ("layer", "global"):
+            raise ValueError(f"norm must be 'layer' or 'global', got {norm!r}")
+        if std <= 0:
+            raise ValueError(f"std must be positive, got {std}")
         self.stack = stack
-        self.layer_norm = nn.LayerNorm(in_features * stack)
+        # One forward path for both: "layer" standardises with (0, 1), "global" skips the layer norm.
+        self.offset, self.scale = (mean, std) if norm == "global" else (0.0, 1.0)
+        self.layer_norm = nn.LayerNorm(in_features * stack) if norm == "layer" else nn.Identity()
         self.proj = nn.Linear(in_features * stack, dim)
 
     def num_steps(self, num_frames: torch.Tensor) -> torch.Tensor:
@@ -95,6 +107,7 @@ class StackedFeatureEncoder(nn.Module):
                 f"need at least {self.stack} frames to stack, got input of shape {list(frames.shape)}"
             )
         stacked = frames[:, : steps * self.stack].reshape(batch, steps, self.stack * num_features)
+        stacked = (stacked - self.offset) / self.scale
         # The fp32 log-mel meets the model's dtype here (half under fairseq's fp16/bf16 training).
-        stacked = stacked.to(self.layer_norm.weight.dtype)
+        stacked = stacked.to(self.proj.weight.dtype)
         return self.proj(self.layer_norm(stacked)), (self.num_steps(lengths) if lengths is not None else None)
