@@ -173,7 +173,7 @@ def slug(override: str) -> str:
 
 
 def architecture(args: argparse.Namespace) -> str:
-    """Name of the conformer both arms train: the config, then any --model-override (``small_feature-norm-global``)."""
+    """Name of the conformer both arms train: the config, then any --model-override (``small_feature-norm-layer``)."""
     return args.config + "".join("_" + slug(override) for override in args.model_override)
 
 
@@ -291,7 +291,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--model-override", nargs="+", default=[], metavar="KEY=VALUE",
-        help="logmel_conformer settings of both arms, e.g. feature_norm=global: ++model.KEY in pre-training, "
+        help="logmel_conformer settings of both arms, e.g. feature_norm=layer: ++model.KEY in pre-training, "
         "++model.encoder.KEY from scratch (the pre-trained arm inherits them)",
     )
     parser.add_argument(

@@ -68,7 +68,7 @@ def test_finetune_from_scratch_and_reload_without_the_data(tmp_path, labelled_co
     workdir = str(tmp_path)
     hydra_train(
         "finetune_esc50", workdir, f"task.data={labelled_corpus}", "model.pretrained_path=null", "+encoder=tiny",
-        "+model.encoder.feature_norm=global", *FAST,
+        "model.encoder.feature_norm=layer", *FAST,
     )
     import torch
 
@@ -77,8 +77,8 @@ def test_finetune_from_scratch_and_reload_without_the_data(tmp_path, labelled_co
 
     state = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", weights_only=False)
     assert state["cfg"]["model"]["encoder"]["encoder_dim"] == 64
-    assert state["cfg"]["model"]["encoder"]["feature_norm"] == "global"
-    assert "encoder.feature_encoder.layer_norm.weight" not in state["model"]
+    assert state["cfg"]["model"]["encoder"]["feature_norm"] == "layer"
+    assert "encoder.feature_encoder.layer_norm.weight" in state["model"]
     assert state["cfg"]["model"]["class_names"] == list(SOUND_CLASSES)
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task([f"{workdir}/checkpoints/checkpoint_last.pt"], arg_overrides={"data": "/nonexistent"})
     probs = models[0].eval().predict(torch.randn(3, 16000))

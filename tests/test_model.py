@@ -38,6 +38,17 @@ def test_parameter_counts_match_the_paper(config_name, millions):
     assert abs(count - millions) < 0.1, f"{config_name}: {count:.3f}M parameters, paper {millions}M"
 
 
+@pytest.mark.parametrize("name", ["tiny", "small", "cfS", "cfL"])
+def test_scratch_encoder_config_builds_the_pretraining_architecture(name):
+    """+encoder=<name> (fine-tuning from scratch) and pretrain_<name> must describe the same model, or the
+    from-scratch baseline would not be the pre-trained model's architecture."""
+    scratch = OmegaConf.load(os.path.join(CONFIG_DIR, "finetuning", "encoder", f"{name}.yaml"))
+    assert scratch.pop("_name") == "logmel_conformer"
+    pretraining = model_config_from_yaml(f"pretrain_{name}")
+    assert OmegaConf.merge(OmegaConf.structured(LogmelConformerConfig(sample_rate=16000)), scratch) == OmegaConf.structured(pretraining)
+    assert pretraining.feature_norm == "global"
+
+
 def test_cfL_uses_the_paper_kernels_and_widths():
     cfg = model_config_from_yaml("pretrain_cfL")
     model = LogmelConformerModel(cfg)

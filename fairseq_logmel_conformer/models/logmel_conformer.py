@@ -27,7 +27,8 @@ class LogmelConformerConfig(FairseqDataclass):
         metadata={
             "help": "normalisation of each stacked step before the projection to Z. layer: layer norm over the step "
             "(wav2vec 2.0's CNN features), which removes its level; global: (logmel - logmel_mean) / logmel_std with "
-            "fixed scalars (AST, BEATs), which keeps it"
+            "fixed scalars (AST, BEATs), which keeps it. The shipped configs set global; layer stays the default "
+            "because checkpoints saved before this field existed were trained with it"
         },
     )
     logmel_mean: float = field(
