@@ -110,7 +110,8 @@ def _frozen_start(updates: int) -> str:
 def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, runs: Dict[str, Dict], figure: str) -> None:
     """A results table in markdown, one row per fine-tuning run (fold, seed) and the mean, with the settings that produced it."""
     lines = [
-        f"# ESC pre-trained vs from scratch: {settings['subset']}, config {settings['config']}, folds {settings['folds']}",
+        f"# ESC pre-trained vs from scratch: {settings['subset']}, config {settings['config']}"
+        f"{''.join(f', model.{o}' for o in settings.get('model_override', []))}, folds {settings['folds']}",
         "",
         "| fold | pre-trained acc. (%) | from scratch acc. (%) | difference (points) | best epoch pre-trained / scratch (%) |",
         "|---|---|---|---|---|",
