@@ -40,9 +40,11 @@ import time
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from benchmarks.common import RESULTS_DIR, write_json
 from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretraining_curve, validation_curve, write_figure, write_markdown
+from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.cli.make_manifest import write_manifest
 from fairseq_logmel_conformer.data.audio import read_manifest
 from fairseq_logmel_conformer.prepare.esc50 import read_metadata
@@ -173,8 +175,16 @@ def slug(override: str) -> str:
 
 
 def architecture(args: argparse.Namespace) -> str:
-    """Name of the conformer both arms train: the config, then any --model-override (``small_feature-norm-layer``)."""
-    return args.config + "".join("_" + slug(override) for override in args.model_override)
+    """Name of the conformer both arms train: the config, its log-mel normalisation, then any other --model-override.
+
+    The normalisation is always named (``small_feature-norm-global``): runs from before the configs set
+    ``feature_norm: global`` used ``layer`` under the bare config name, and must never be reused for it.
+    """
+    overrides = list(args.model_override)
+    if not any(override.startswith("feature_norm=") for override in overrides):
+        scratch_encoder = OmegaConf.load(os.path.join(CONFIG_DIR, "finetuning", "encoder", f"{args.config}.yaml"))
+        overrides.insert(0, f"feature_norm={scratch_encoder.feature_norm}")
+    return args.config + "".join("_" + slug(override) for override in overrides)
 
 
 def pretraining_setting(args: argparse.Namespace) -> str:

@@ -141,6 +141,9 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     assert "++model.feature_norm=layer" in pretrain_command(changed, "manifests", "out")
     assert "++model.encoder.feature_norm=layer" in finetune_command(changed, "fold1", "run", None, seed=1)
     assert not any("feature_norm" in part for part in finetune_command(changed, "fold1", "run", "checkpoint.pt", seed=1))
+    # The shipped normalisation is named, so runs of the layer-norm configs from before never pass for it.
+    assert os.path.basename(os.path.dirname(finetune_dir(args, 1, 1, "scratch"))).startswith("small_feature-norm-global_")
+    assert finetune_dir(parse_args(common + ["--model-override", "feature_norm=global"]), 1, 1, "scratch") == finetune_dir(args, 1, 1, "scratch")
 
 
 def test_linear_probe_over_folds_matches_each_fold_alone_and_rejects_mixed_lengths(tmp_path, pretrained_checkpoint):
