@@ -113,6 +113,8 @@ def test_global_feature_norm_keeps_the_step_level_that_layer_norm_removes():
         torch.testing.assert_close(encoder(louder)[0] - encoder(frames)[0], shift.expand(2, 10, -1), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="norm must be 'layer' or 'global', got 'batch'"):
         StackedFeatureEncoder(norm="batch")
+    with pytest.raises(ValueError, match="std must be positive, got 0.0"):
+        StackedFeatureEncoder(norm="global", std=0.0)
 
 
 def test_span_mask_covers_about_mask_prob_and_never_padding():
