@@ -9,10 +9,10 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 
 from ..modules.conformer import ConformerContextEncoder
-from ..modules.frontend import LogmelFrontend, StackedFeatureEncoder, lengths_to_padding_mask
+from ..modules.frontend import FEATURE_NORMS, LogmelFrontend, StackedFeatureEncoder, lengths_to_padding_mask
 from ..modules.masking import compute_span_mask
 
-FEATURE_NORM_CHOICES = ChoiceEnum(["layer", "global"])
+FEATURE_NORM_CHOICES = ChoiceEnum(list(FEATURE_NORMS))
 
 
 @dataclass

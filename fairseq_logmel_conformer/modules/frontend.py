@@ -11,6 +11,8 @@ import torchaudio
 
 # log(mel + floor): digital silence maps to log(1e-6) ~ -13.8 instead of -inf.
 LOG_FLOOR = 1e-6
+# How StackedFeatureEncoder normalises each stacked step (the model config's feature_norm choices).
+FEATURE_NORMS = ("layer", "global")
 
 
 def lengths_to_padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -85,8 +87,8 @@ class StackedFeatureEncoder(nn.Module):
         self, in_features: int = 64, stack: int = 4, dim: int = 256, norm: str = "layer", mean: float = 0.0, std: float = 1.0
     ):
         super().__init__()
-        if norm not in ("layer", "global"):
-            raise ValueError(f"norm must be 'layer' or 'global', got {norm!r}")
+        if norm not in FEATURE_NORMS:
+            raise ValueError(f"norm must be {' or '.join(map(repr, FEATURE_NORMS))}, got {norm!r}")
         if std <= 0:
             raise ValueError(f"std must be positive, got {std}")
         self.stack = stack
