@@ -8,7 +8,7 @@ import logging
 import os
 
 _root_level = logging.getLogger().level
-from . import criterions, models, tasks  # noqa: E402,F401  (registration side effects)
+from . import criterions, models, optim, tasks  # noqa: E402,F401  (registration side effects)
 
 # Importing fairseq's tasks runs logging.basicConfig(level=DEBUG) in one of its modules; undo that side effect.
 logging.getLogger().setLevel(_root_level)

@@ -45,9 +45,10 @@ def test_trainer_and_bare_loop_take_the_same_update(two_clips):
         trainer_step.append((reference - before[name]).flatten())
     bare_step, trainer_step = torch.cat(bare_step), torch.cat(trainer_step)
     assert trainer_step.abs().max() > 0, "the trainer left every parameter unchanged"
-    # fairseq's Adam adds eps before the bias correction, torch's AdamW after: steps agree except where |grad| ~ eps.
+    # Both take torch's AdamW update (the configs' logmel_adamw in the trainer), so the steps differ only as much
+    # as the gradients' rounding, which Adam's normalisation passes on (3e-4 here; 6e-3 with fairseq's adam).
     relative_difference = (bare_step - trainer_step).norm() / trainer_step.norm()
-    assert relative_difference < 0.05, f"updates differ by {relative_difference:.3f} (relative L2)"
+    assert relative_difference < 1e-3, f"updates differ by {relative_difference:.2e} (relative L2)"
 
 
 def test_flop_count_charges_depthwise_backward_like_its_forward():

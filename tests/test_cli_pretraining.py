@@ -72,10 +72,11 @@ def test_fairseq_train_with_user_dir_and_flags(tmp_path, pretrained_checkpoint):
             "fairseq-train", manifest, "--user-dir", os.path.join(REPO_ROOT, "fairseq_logmel_conformer"),
             "--task", "logmel_pretraining", "--arch", "logmel_conformer", "--criterion", "logmel_contrastive",
             "--encoder-dim", "64", "--encoder-layers", "2", "--encoder-heads", "4", "--encoder-ffn-dim", "128",
-            "--optimizer", "adam", "--lr", "0.0005", "--max-update", "2", "--max-tokens", "96000",
+            "--optimizer", "logmel_adamw", "--adam-betas", "(0.9, 0.98)", "--lr", "0.0005", "--max-update", "2", "--max-tokens", "96000",
             "--max-sample-size", "48000", "--required-batch-size-multiple", "1", "--cpu", "--save-dir", str(tmp_path / "ckpt"),
         ],
         cwd=str(tmp_path),
     )
     state = __import__("torch").load(tmp_path / "ckpt" / "checkpoint_last.pt", weights_only=False)
     assert state["cfg"]["model"]["encoder_dim"] == 64 and state["cfg"]["model"]["sample_rate"] == 16000
+    assert state["cfg"]["optimizer"]["_name"] == "logmel_adamw" and list(state["cfg"]["optimizer"]["adam_betas"]) == [0.9, 0.98]

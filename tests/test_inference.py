@@ -118,7 +118,8 @@ def test_long_clip_is_stitched_from_windows(pretrained_checkpoint):
     assert np.all(np.diff(result.timestamps) > 0)
     np.testing.assert_allclose(np.diff(result.timestamps), 0.08)
     np.testing.assert_allclose(result.timestamps[[0, -1]], [0.03, 0.03 + 0.08 * (len(reference) - 1)])
-    np.testing.assert_allclose(result.clip_embedding, result.frame_embeddings.mean(0), atol=1e-6)
+    # float32 sums over hundreds of frames round differently in each order: agree to float32 precision.
+    np.testing.assert_allclose(result.clip_embedding, result.frame_embeddings.mean(0), rtol=1e-5, atol=1e-6)
     # Each step is exactly the model's output for its window at the matching position.
     windows = plan_windows(len(samples), len(reference), model.samples_per_step, model.window_steps, model.hop_steps)
     assert len(windows) > 5

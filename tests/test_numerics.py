@@ -95,8 +95,9 @@ def test_fairseq_fp16_with_dynamic_loss_scaling_on_silent_and_clipped_clips(tmp_
         with open(audio / f"{split}.tsv", "w") as f:
             print(audio, file=f)
             f.writelines(f"{name}\t{size}\n" for name, size in chosen)
+    # memory_efficient_fp16 keeps fp16 weights, which only fairseq's adam updates with fp32 moments.
     result = hydra_train(
-        "pretrain_tiny", str(tmp_path), f"task.data={audio}", "common.fp16=true", "common.memory_efficient_fp16=true",
+        "pretrain_tiny", str(tmp_path), f"task.data={audio}", "common.fp16=true", "common.memory_efficient_fp16=true", "optimizer._name=adam",
         "dataset.max_tokens=64000", "dataset.required_batch_size_multiple=1", "optimization.max_update=6",
     )
     updates = [json.loads(line.split(" - ", 1)[1]) for line in result.stdout.splitlines() if "[train_inner]" in line]

@@ -1,0 +1,1 @@
+from . import logmel_adamw  # noqa: F401  (registration side effect)
