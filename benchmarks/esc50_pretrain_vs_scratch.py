@@ -214,14 +214,15 @@ def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoi
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "finetune_esc50",
         f"task.data={fold_dir}", *encoder, "common.cpu=true", f"common.seed={seed}", "dataset.num_workers=0",
         f"optimization.max_update={args.finetune_updates}", *([f"optimization.lr=[{args.finetune_lr}]"] if args.finetune_lr else []),
-        f"model.freeze_encoder_updates={args.freeze_encoder_updates}",
+        f"model.freeze_encoder_updates={args.freeze_encoder_updates}", f"task.train_fraction={args.finetune_train_fraction}",
         f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
     ]
 
 
 def finetune_setting(args: argparse.Namespace) -> str:
     setting = f"u{args.finetune_updates}_lr{args.finetune_lr or 'config'}"
-    return setting + (f"_freeze{args.freeze_encoder_updates}" if args.freeze_encoder_updates else "")
+    setting += f"_freeze{args.freeze_encoder_updates}" if args.freeze_encoder_updates else ""
+    return setting + (f"_trainfrac{args.finetune_train_fraction:g}" if args.finetune_train_fraction < 1 else "")
 
 
 def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> str:
@@ -314,6 +315,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         "--freeze-encoder-updates", type=int, default=0,
         help="both arms train only the head for this many updates first (model.freeze_encoder_updates)",
     )
+    parser.add_argument(
+        "--finetune-train-fraction", type=float, default=1.0,
+        help="both arms fine-tune on this fraction (0-1] of each fold's training clips, covering every class and drawn "
+        "from the fine-tuning seed (task.train_fraction): fewer labels",
+    )
     parser.add_argument("--seed", type=int, default=1, help="common.seed of pre-training (and of fine-tuning, unless --finetune-seeds)")
     parser.add_argument("--finetune-seeds", type=int, nargs="+", help="fine-tune both arms once per seed (default: --seed); the summary averages all runs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
@@ -323,6 +329,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 < args.pretrain_fraction <= 1:
         parser.error(f"--pretrain-fraction must be in (0, 1], got {args.pretrain_fraction}")
+    if not 0 < args.finetune_train_fraction <= 1:
+        parser.error(f"--finetune-train-fraction must be in (0, 1], got {args.finetune_train_fraction}")
     if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
         parser.error("--pretrain-audio unlabeled+esc50-other holds out only ESC-10: use it with --subset esc10")
     args.finetune_seeds = args.finetune_seeds or [args.seed]

@@ -121,7 +121,7 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
     assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
-    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"]]
+    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"], ["--finetune-train-fraction", "0.25"]]
     changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"], ["--pretrain-fraction", "0.5"]]
     for arm in ("pretrained", "scratch"):
         variants = [finetune_dir(args, 1, 2, arm), finetune_dir(args, 2, 1, arm)]
@@ -137,6 +137,10 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     assert len(set(tags)) == len(tags)
     command = finetune_command(args, "fold1", str(tmp_path / "run"), None, seed=2)
     assert "common.seed=2" in command and "+encoder=small" in command
+    fewer_labels = parse_args(common + ["--finetune-train-fraction", "0.25"])
+    assert all("task.train_fraction=0.25" in finetune_command(fewer_labels, "fold1", "run", checkpoint, seed=1) for checkpoint in (None, "checkpoint.pt"))
+    with pytest.raises(SystemExit):
+        parse_args(common + ["--finetune-train-fraction", "0"])
     # An architecture change reaches both arms: pre-training and scratch set it, the pre-trained arm inherits it.
     changed = parse_args(common + ["--model-override", "feature_norm=layer"])
     assert "++model.feature_norm=layer" in pretrain_command(changed, "manifests", "out")
