@@ -256,7 +256,7 @@ def training_overrides(data: str, device: str, precision: str, clip_samples: int
 
 
 def adam_betas(cfg: DictConfig):
-    """fairseq keeps Adam's betas as a string such as '(0.9,0.98)'."""
+    """Adam's betas: a list in our configs, a string such as '(0.9,0.98)' in fairseq's own (wav2vec 2.0)."""
     betas = cfg.optimizer.adam_betas
     return ast.literal_eval(betas) if isinstance(betas, str) else tuple(betas)
 
@@ -269,8 +269,8 @@ class BareTrainStep:
 
     The same criterion and model as fairseq's Trainer, the gradient of
     ``loss / sample_size`` (fairseq sums the loss and divides the gradients by
-    the sample size), the same clip norm and Adam settings (fairseq's Adam
-    decays weights decoupled, like AdamW). Mixed precision is autocast (plus a
+    the sample size), the same clip norm and Adam settings (our configs'
+    logmel_adamw is torch's AdamW too). Mixed precision is autocast (plus a
     GradScaler for fp16) over fp32 weights; fairseq's Trainer instead halves
     the weights and keeps fp32 master copies.
     """
@@ -392,7 +392,8 @@ class TrainingRunner:
             return report
         report["attention_ops"] = attention_ops(self.step, self.device)
         optimizer = self.trainer.optimizer if self.path == "trainer" else self.bare.optimizer
-        # The update alone, on the gradients the last step left: fairseq's Adam against torch's AdamW.
+        # The update alone, on the gradients the last step left: the config's optimizer (with fairseq's fp16/bf16
+        # master-weight copies on the trainer path) against torch's AdamW.
         report["optimizer_step"] = summarize([time_call(optimizer.step, self.device) for _ in range(3)])
         if self.device == "cuda":
             report["host_syncs"] = host_syncs(self.step)
