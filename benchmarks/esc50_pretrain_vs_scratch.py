@@ -5,7 +5,7 @@
         [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
         [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other] \\
         [--pretrain-fraction F] [--model-override KEY=VALUE ...] [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
-        [--threads 1] [--parallel]
+        [--device cpu|cuda] [--precision fp32|bf16] [--threads 1] [--jobs N]
 
 Every step runs the project's own command lines, so the numbers describe what
 users run: (1) ``logmel-manifest`` on the unlabelled folder and
@@ -14,7 +14,8 @@ users run: (1) ``logmel-manifest`` on the unlabelled folder and
 ``fairseq-hydra-train --config-name finetune_esc50`` twice with identical
 settings and seed, once from the pre-trained checkpoint and once from scratch
 (``+encoder=<config>``, the same architecture); (4) ``logmel-evaluate`` on the
-held-out fold with the last checkpoint of each run; with ``--finetune-seeds``,
+held-out fold with the last checkpoint of each run (``--jobs`` runs at a time,
+each fine-tuning then evaluating); with ``--finetune-seeds``,
 both arms are fine-tuned once per seed and the table reports every (fold, seed)
 run and their mean, so a difference is not one seed's luck. It writes
 ``benchmarks/results/esc50_pretrain_vs_scratch_<tag>.{json,md,png}``: the
@@ -37,12 +38,13 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 from omegaconf import OmegaConf
 
-from benchmarks.common import RESULTS_DIR, write_json
+from benchmarks.common import PRECISIONS, RESULTS_DIR, precision_overrides, write_json
 from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretraining_curve, validation_curve, write_figure, write_markdown
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.cli.make_manifest import write_manifest
@@ -79,14 +81,6 @@ def training_seconds(out: str) -> Optional[float]:
     with open(log) as f:
         found = re.findall(r"done training in ([0-9.]+) seconds", f.read())
     return float(found[-1]) if found else None
-
-
-def start(command: List[str], cwd: str, threads: int, log_path: str) -> subprocess.Popen:
-    """Like :func:`run` without waiting; the caller waits on the returned process."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    os.makedirs(cwd, exist_ok=True)
-    print(f"$ {' '.join(command)} &", flush=True)
-    return subprocess.Popen(command, cwd=cwd, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
 
 
 def pretraining_audio_dir(args: argparse.Namespace) -> str:
@@ -144,11 +138,16 @@ def manifest_hours(manifest_dir: str, sample_rate: int = 16000) -> float:
     return sum(read_manifest(os.path.join(manifest_dir, "train.tsv")).sizes) / sample_rate / 3600
 
 
+def device_overrides(args: argparse.Namespace) -> List[str]:
+    """Where and in which precision every training command runs: the same for pre-training and both arms."""
+    return [f"common.cpu={args.device == 'cpu'}", *precision_overrides(args.precision)]
+
+
 def pretrain_command(args: argparse.Namespace, manifest_dir: str, out: str) -> List[str]:
     """The pre-training command line, with its outputs under ``out``."""
     command = [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
-        f"task.data={manifest_dir}", "common.cpu=true", f"common.seed={args.seed}",
+        f"task.data={manifest_dir}", *device_overrides(args), f"common.seed={args.seed}",
         f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
         *(f"++model.{override}" for override in args.model_override), *args.pretrain_override,
     ]
@@ -196,6 +195,7 @@ def pretraining_setting(args: argparse.Namespace) -> str:
     setting = "pt" + ("-".join(part for part in budget if part) or "config")
     setting += "" if args.pretrain_audio == "unlabeled" else f"_{args.pretrain_audio.replace('+', '_')}"
     setting += "" if args.pretrain_fraction == 1 else f"_frac{args.pretrain_fraction:g}"
+    setting += "" if args.precision == "fp32" else f"_{args.precision}"
     return setting + "".join("_" + slug(override) for override in args.pretrain_override)
 
 
@@ -212,15 +212,19 @@ def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoi
     ]
     return [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "finetune_esc50",
-        f"task.data={fold_dir}", *encoder, "common.cpu=true", f"common.seed={seed}", "dataset.num_workers=0",
+        f"task.data={fold_dir}", *encoder, *device_overrides(args), f"common.seed={seed}", "dataset.num_workers=0",
         f"optimization.max_update={args.finetune_updates}", *([f"optimization.lr=[{args.finetune_lr}]"] if args.finetune_lr else []),
         f"model.freeze_encoder_updates={args.freeze_encoder_updates}", f"task.train_fraction={args.finetune_train_fraction}",
-        f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
+        # Only the last checkpoint is evaluated: save it every quarter of the run, so a cut-off run resumes,
+        # rather than every epoch (ten runs on one GPU would write gigabytes each epoch).
+        "checkpoint.save_interval=1000000", f"checkpoint.save_interval_updates={max(1, args.finetune_updates // 4)}",
+        "checkpoint.keep_interval_updates=1", f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
     ]
 
 
 def finetune_setting(args: argparse.Namespace) -> str:
     setting = f"u{args.finetune_updates}_lr{args.finetune_lr or 'config'}"
+    setting += "" if args.precision == "fp32" else f"_{args.precision}"
     setting += f"_freeze{args.freeze_encoder_updates}" if args.freeze_encoder_updates else ""
     return setting + (f"_trainfrac{args.finetune_train_fraction:g}" if args.finetune_train_fraction < 1 else "")
 
@@ -235,37 +239,42 @@ def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> st
     return os.path.join(runs, "scratch" if arm == "scratch" else f"pretrained_{pretraining_run(args)}")
 
 
-def finetune_fold(args: argparse.Namespace, fold: int, seed: int, fold_dir: str, pretrained: str) -> Dict[str, Dict]:
-    """Fine-tune both arms on one fold with one seed (concurrently with --parallel), then evaluate each; -> {arm: result}."""
-    outs = {arm: finetune_dir(args, fold, seed, arm) for arm in ARMS}
-    commands = {arm: finetune_command(args, fold_dir, outs[arm], pretrained if arm == "pretrained" else None, seed) for arm in ARMS}
-    commands_to_run = [arm for arm in ARMS if training_seconds(outs[arm]) is None]
-    if args.parallel:
-        processes = {arm: start(commands[arm], outs[arm], args.threads, os.path.join(outs[arm], "stdout.log")) for arm in commands_to_run}
-        for arm, process in processes.items():
-            if process.wait() != 0:
-                raise SystemExit(f"fine-tuning {arm} on fold {fold} failed, see {outs[arm]}/stdout.log")
-    else:
-        for arm in commands_to_run:
-            run(commands[arm], outs[arm], args.threads, os.path.join(outs[arm], "stdout.log"))
-    results = {}
-    for arm in ARMS:
-        evaluation = os.path.join(outs[arm], "evaluation")
-        command = [os.path.join(BIN_DIR, "logmel-evaluate"), os.path.join(outs[arm], "checkpoints", "checkpoint_last.pt"),
-                   "--split", "valid", "--out", evaluation, "--device", "cpu"]
-        run(command, outs[arm], args.threads, os.path.join(outs[arm], "evaluate.log"))
-        metrics = read_json(os.path.join(evaluation, "metrics.json"))["metrics"]
-        curve = validation_curve(os.path.join(outs[arm], "run", "hydra_train.log"))
-        results[arm] = {
-            "accuracy_last": metrics["accuracy"],
-            "best_valid_accuracy_during_training": max(curve["valid_accuracy"]) if curve["valid_accuracy"] else float("nan"),
-            "metrics": metrics,
-            "curve": curve,
-            "finetune_train_s": training_seconds(outs[arm]),
-            "command": " ".join(commands[arm]),
-        }
-        print(f"fold {fold} seed {seed} {arm}: accuracy {metrics['accuracy']:.4f}", flush=True)
-    return results
+def finetune_and_evaluate(args: argparse.Namespace, fold: int, seed: int, arm: str, fold_dir: str, pretrained: str) -> Dict:
+    """Fine-tune one arm on one fold with one seed (unless its work dir holds the finished run), then evaluate it
+    on the held-out fold with its last checkpoint; -> the run's result."""
+    out = finetune_dir(args, fold, seed, arm)
+    command = finetune_command(args, fold_dir, out, pretrained if arm == "pretrained" else None, seed)
+    if training_seconds(out) is None:
+        run(command, out, args.threads, os.path.join(out, "stdout.log"))
+    evaluation = os.path.join(out, "evaluation")
+    evaluate = [os.path.join(BIN_DIR, "logmel-evaluate"), os.path.join(out, "checkpoints", "checkpoint_last.pt"),
+                "--split", "valid", "--out", evaluation, "--device", args.device]
+    run(evaluate, out, args.threads, os.path.join(out, "evaluate.log"))
+    metrics = read_json(os.path.join(evaluation, "metrics.json"))["metrics"]
+    curve = validation_curve(os.path.join(out, "run", "hydra_train.log"))
+    print(f"fold {fold} seed {seed} {arm}: accuracy {metrics['accuracy']:.4f}", flush=True)
+    return {
+        "accuracy_last": metrics["accuracy"],
+        "best_valid_accuracy_during_training": max(curve["valid_accuracy"]) if curve["valid_accuracy"] else float("nan"),
+        "metrics": metrics,
+        "curve": curve,
+        "finetune_train_s": training_seconds(out),
+        "command": " ".join(command),
+    }
+
+
+def finetune_all(args: argparse.Namespace, fold_dirs: Dict[int, str], pretrained: str) -> Dict[str, Dict[str, Dict]]:
+    """Every (fold, seed, arm) run, ``--jobs`` of them at a time; -> {run name: {arm: result}}."""
+    keys = [(fold, seed, arm) for seed in args.finetune_seeds for fold in args.folds for arm in ARMS]
+    # Threads only wait on the subprocesses, which do the work.
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {key: pool.submit(finetune_and_evaluate, args, key[0], key[1], key[2], fold_dirs[key[0]], pretrained) for key in keys}
+        results = {key: future.result() for key, future in futures.items()}
+    return {
+        run_name(fold, seed, args.finetune_seeds): {arm: results[(fold, seed, arm)] for arm in ARMS}
+        for seed in args.finetune_seeds
+        for fold in args.folds
+    }
 
 
 def run_name(fold: int, seed: int, seeds: List[int]) -> str:
@@ -322,13 +331,24 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1, help="common.seed of pre-training (and of fine-tuning, unless --finetune-seeds)")
     parser.add_argument("--finetune-seeds", type=int, nargs="+", help="fine-tune both arms once per seed (default: --seed); the summary averages all runs")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where pre-training, fine-tuning and evaluation run")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32",
+        help="fairseq's common.fp16 / common.bf16 for pre-training and both arms (GPU); named in run folders and tags unless fp32",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
     parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
-    parser.add_argument("--parallel", action="store_true", help="fine-tune both arms of a fold at the same time (one process each)")
+    parser.add_argument(
+        "--jobs", type=int, default=1,
+        help="fine-tuning runs (fold x seed x arm) at a time, one process each: 2 runs both arms of a fold together on CPU; "
+        "a GPU that one host-bound run leaves idle takes ten",
+    )
     parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>[_<model overrides>]_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
     args = parser.parse_args(argv)
     if not 0 < args.pretrain_fraction <= 1:
         parser.error(f"--pretrain-fraction must be in (0, 1], got {args.pretrain_fraction}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if not 0 < args.finetune_train_fraction <= 1:
         parser.error(f"--finetune-train-fraction must be in (0, 1], got {args.finetune_train_fraction}")
     if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
@@ -353,11 +373,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     manifests = build_manifests(args)
     pretraining = pretrain(args, manifests["unlabeled"])
     pretraining["curve"] = pretraining_curve(pretraining["log"])
-    runs = {
-        run_name(fold, seed, args.finetune_seeds): finetune_fold(args, fold, seed, os.path.join(manifests["esc"], f"fold{fold}"), pretraining["checkpoint"])
-        for seed in args.finetune_seeds
-        for fold in args.folds
-    }
+    runs = finetune_all(args, {fold: os.path.join(manifests["esc"], f"fold{fold}") for fold in args.folds}, pretraining["checkpoint"])
     summary = {arm: mean_accuracy(runs.values(), arm) for arm in ARMS}
     summary["difference_points"] = round(100 * (summary["pretrained"] - summary["scratch"]), 2)
     if len(args.finetune_seeds) > 1:
@@ -375,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "accuracy_last: logmel-evaluate on the held-out fold with the last fine-tuning checkpoint (no model selection on the test fold)",
         "best_valid_accuracy_during_training is the best epoch on the held-out fold itself: optimistic, for the curves only",
     ]
-    write_json(base + ".json", BENCHMARK, settings, results, "cpu", notes)
+    write_json(base + ".json", BENCHMARK, settings, results, args.device, notes)
     write_figure(base + ".png", pretraining["curve"], {name: {arm: arms[arm]["curve"] for arm in ARMS} for name, arms in runs.items()}, tag)
     write_markdown(base + ".md", settings, summary, pretraining, runs, os.path.basename(base + ".png"))
     print(f"pre-trained {100 * summary['pretrained']:.1f}% vs scratch {100 * summary['scratch']:.1f}% ({summary['difference_points']:+.1f} points)")

@@ -140,7 +140,7 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         f"Fine-tuning: `finetune_esc50`, {settings['finetune_updates']} updates per run, peak learning rate "
         f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}"
         f"seed(s) {', '.join(map(str, settings.get('finetune_seeds', [settings['seed']])))} (pre-training seed {settings['seed']}), "
-        f"{settings['threads']} thread(s) per run{', both arms at once' if settings['parallel'] else ''}.",
+        f"{settings['threads']} thread(s) per run, {settings['jobs']} run(s) at a time, on {settings['device']} in {settings['precision']}.",
         f"Fine-tuning time {sum(arm['finetune_train_s'] for arms in runs.values() for arm in arms.values()) / 60:.1f} min over "
         f"{sum(len(arms) for arms in runs.values())} runs (fairseq's training time, without evaluation); this command took "
         f"{settings['total_wall_s'] / 60:.1f} min wall, reusing the finished runs of its work dir.",
@@ -151,3 +151,48 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
     with open(path, "w") as f:
         f.write("\n".join(lines))
     print(f"wrote {path}")
+
+
+def write_curves_markdown(path: str, runs: Dict[str, Dict[str, Dict[str, List[float]]]], title: str, figure: str) -> None:
+    """Held-out accuracy of both arms, mean over runs, at every update that all runs validated, with each run's lead.
+
+    For runs cut off before their last update, which have no last checkpoint to evaluate: fairseq validates on
+    the held-out fold itself, so these are the same measurements as the curves of :func:`write_figure`.
+    """
+    curves = {name: {arm: dict(zip(arms[arm]["num_updates"], arms[arm]["valid_accuracy"])) for arm in ARMS} for name, arms in runs.items()}
+    common = sorted(set.intersection(*(set(by_update) for arms in curves.values() for by_update in arms.values())))
+    lines = [
+        f"# {title}",
+        "",
+        f"| update | pre-trained acc. (%) | from scratch acc. (%) | difference (points) | per run: {', '.join(runs)} |",
+        "|---|---|---|---|---|",
+    ]
+    for update in common:
+        means = {arm: np.mean([arms[arm][update] for arms in curves.values()]) for arm in ARMS}
+        leads = " ".join(f"{100 * (arms['pretrained'][update] - arms['scratch'][update]):+.1f}" for arms in curves.values())
+        lines.append(f"| {update} | {_percent(means['pretrained'])} | {_percent(means['scratch'])} | {100 * (means['pretrained'] - means['scratch']):+.1f} | {leads} |")
+    lines += ["", "fairseq's validation accuracy on each run's held-out fold, read from its hydra_train.log.", "", f"![validation accuracy]({figure})", ""]
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {path}")
+
+
+def main(argv=None) -> int:
+    """Table and figure from the logs alone: ``LOG_DIR/pretraining.log`` and ``LOG_DIR/<run>/<arm>.log``."""
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description="Validation curves of a pre-trained vs from-scratch comparison, from its fairseq logs")
+    parser.add_argument("log_dir", help="folder with pretraining.log and one folder per run (fold1, ...) holding pretrained.log and scratch.log")
+    parser.add_argument("--title", required=True, help="heading of the table and figure")
+    args = parser.parse_args(argv)
+    names = sorted(entry for entry in os.listdir(args.log_dir) if os.path.isdir(os.path.join(args.log_dir, entry)))
+    runs = {name: {arm: validation_curve(os.path.join(args.log_dir, name, f"{arm}.log")) for arm in ARMS} for name in names}
+    base = os.path.join(args.log_dir, "curves")
+    write_figure(base + ".png", pretraining_curve(os.path.join(args.log_dir, "pretraining.log")), runs, args.title)
+    write_curves_markdown(base + ".md", runs, args.title, "curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

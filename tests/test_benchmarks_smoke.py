@@ -121,7 +121,7 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
     assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
-    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"], ["--finetune-train-fraction", "0.25"]]
+    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"], ["--finetune-train-fraction", "0.25"], ["--precision", "bf16"]]
     changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"], ["--pretrain-fraction", "0.5"]]
     for arm in ("pretrained", "scratch"):
         variants = [finetune_dir(args, 1, 2, arm), finetune_dir(args, 2, 1, arm)]
@@ -141,6 +141,13 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     assert all("task.train_fraction=0.25" in finetune_command(fewer_labels, "fold1", "run", checkpoint, seed=1) for checkpoint in (None, "checkpoint.pt"))
     with pytest.raises(SystemExit):
         parse_args(common + ["--finetune-train-fraction", "0"])
+    # Device and precision are the same in pre-training and both arms.
+    gpu = parse_args(common + ["--device", "cuda", "--precision", "bf16"])
+    for gpu_command in (pretrain_command(gpu, "manifests", "out"), *(finetune_command(gpu, "fold1", "run", c, seed=1) for c in (None, "checkpoint.pt"))):
+        assert {"common.cpu=False", "common.bf16=True", "common.fp16=False"} <= set(gpu_command)
+    assert "common.cpu=True" in command and "common.bf16=False" in command
+    with pytest.raises(SystemExit):
+        parse_args(common + ["--jobs", "0"])
     # An architecture change reaches both arms: pre-training and scratch set it, the pre-trained arm inherits it.
     changed = parse_args(common + ["--model-override", "feature_norm=layer"])
     assert "++model.feature_norm=layer" in pretrain_command(changed, "manifests", "out")
@@ -149,6 +156,27 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     # The shipped normalisation is named, so runs of the layer-norm configs from before never pass for it.
     assert os.path.basename(os.path.dirname(finetune_dir(args, 1, 1, "scratch"))).startswith("small_feature-norm-global_")
     assert finetune_dir(parse_args(common + ["--model-override", "feature_norm=global"]), 1, 1, "scratch") == finetune_dir(args, 1, 1, "scratch")
+
+
+def test_esc_benchmark_runs_every_fold_seed_and_arm_once_and_files_each_result_under_its_own_run(tmp_path, monkeypatch):
+    from benchmarks import esc50_pretrain_vs_scratch as bench
+
+    calls = []
+
+    def fake_run(args, fold, seed, arm, fold_dir, pretrained):
+        calls.append((fold, seed, arm))
+        return {"fold": fold, "seed": seed, "arm": arm, "data": fold_dir}
+
+    monkeypatch.setattr(bench, "finetune_and_evaluate", fake_run)
+    args = bench.parse_args(["--esc50-dir", "e", "--unlabeled-dir", "u", "--work-dir", str(tmp_path), "--folds", "2", "5", "--finetune-seeds", "1", "3", "--jobs", "3"])
+    runs = bench.finetune_all(args, {2: "fold2_dir", 5: "fold5_dir"}, "checkpoint.pt")
+    assert sorted(calls) == sorted((fold, seed, arm) for fold in (2, 5) for seed in (1, 3) for arm in ("pretrained", "scratch"))
+    assert list(runs) == ["fold2 seed1", "fold5 seed1", "fold2 seed3", "fold5 seed3"]
+    for name, arms in runs.items():
+        fold, seed = int(name[4]), int(name[-1])
+        assert {arm: (r["fold"], r["seed"], r["arm"], r["data"]) for arm, r in arms.items()} == {
+            arm: (fold, seed, arm, f"fold{fold}_dir") for arm in ("pretrained", "scratch")
+        }
 
 
 def test_linear_probe_over_folds_matches_each_fold_alone_and_rejects_mixed_lengths(tmp_path, pretrained_checkpoint):
@@ -187,3 +215,26 @@ def test_linear_probe_over_folds_matches_each_fold_alone_and_rejects_mixed_lengt
     mixed = write_labelled_corpus(str(tmp_path / "mixed"), num_train=6, num_valid=4, seconds=(1.0, 3.0))
     with pytest.raises(ValueError, match=r"clips of one length: .*\.wav has \d+ samples"):
         esc50_linear_probe.main([pretrained_checkpoint, mixed])
+
+
+def test_esc_curves_report_averages_the_updates_every_run_validated(tmp_path):
+    from benchmarks import esc50_report
+
+    def write_log(path, records):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            for logger, record in records:
+                f.write(f"[2026-01-01 00:00:00,000][{logger}][INFO] - {json.dumps(record)}\n")
+
+    def valid(update, accuracy):
+        return ("valid", {"valid_num_updates": str(update), "valid_accuracy": str(accuracy), "valid_loss": "1.0"})
+
+    write_log(str(tmp_path / "pretraining.log"), [("train_inner", {"num_updates": "10", "accuracy": "0.2", "loss": "3"}), valid(10, 0.25)])
+    # fold2 was cut before its second validation: update 100 is left out of the table.
+    accuracies = {("fold1", "pretrained"): [0.5, 0.7], ("fold1", "scratch"): [0.4, 0.6], ("fold2", "pretrained"): [0.3], ("fold2", "scratch"): [0.4]}
+    for (fold, arm), values in accuracies.items():
+        write_log(str(tmp_path / fold / f"{arm}.log"), [valid(50 * (i + 1), v) for i, v in enumerate(values)])
+    assert esc50_report.main([str(tmp_path), "--title", "test"]) == 0
+    rows = [line for line in (tmp_path / "curves.md").read_text().splitlines() if line.startswith("| 50 ") or line.startswith("| 100 ")]
+    assert rows == ["| 50 | 40.0 | 40.0 | +0.0 | +10.0 -10.0 |"]
+    assert (tmp_path / "curves.png").stat().st_size > 0

@@ -50,6 +50,16 @@ def test_finetune_single_label_from_pretrained_then_evaluate(tmp_path, labelled_
     assert os.path.isfile(f"{workdir}/eval/confusion_matrix.png") and os.path.isfile(f"{workdir}/eval/per_class.csv")
 
 
+def test_finetune_in_bf16_validates_and_evaluates(tmp_path, labelled_corpus, pretrained_checkpoint):
+    """fairseq's bf16 path casts every float tensor of a sample, the 0/1 targets too, which numpy cannot take."""
+    workdir = str(tmp_path)
+    hydra_train("finetune_esc50", workdir, f"task.data={labelled_corpus}", f"model.pretrained_path={pretrained_checkpoint}", "common.bf16=true", *FAST)
+    logs = valid_logs(workdir)
+    assert logs and 0 <= float(logs[-1]["valid_accuracy"]) <= 100
+    _, written = evaluate(f"{workdir}/checkpoints/checkpoint_last.pt", f"{workdir}/eval", workdir)
+    assert written["num_clips"] == 10 and 0 <= written["metrics"]["accuracy"] <= 1
+
+
 def test_finetune_multi_label_linear_softmax_then_evaluate(tmp_path, labelled_corpus, pretrained_checkpoint):
     workdir = str(tmp_path)
     data = tagging_corpus(labelled_corpus, tmp_path)

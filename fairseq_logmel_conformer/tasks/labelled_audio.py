@@ -45,7 +45,7 @@ class ClipScoreMeter(Meter):
         self._metrics: Optional[Dict[str, float]] = None
 
     def update(self, ids: torch.Tensor, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        for clip, score, target in zip(ids.tolist(), scores.float().cpu().numpy(), targets.cpu().numpy()):
+        for clip, score, target in zip(ids.tolist(), scores.float().cpu().numpy(), targets.float().cpu().numpy()):
             self.scores[clip] = score
             self.targets[clip] = target
         self._metrics = None
