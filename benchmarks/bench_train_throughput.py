@@ -161,6 +161,10 @@ def print_table(results: Dict) -> None:
               f"{c.get('tflops_per_s', float('nan')):>10.3f}")
     for key, value in results["ratios"].items():
         print(f"{key}: {value:.3f}")
+    for name, c in results["configs"].items():
+        kernels = c.get("time_by_kernel", {}).get("top", [])[:5]
+        if kernels:
+            print(f"{name}, where one step's time goes: " + "; ".join(f"{k['share']:.0%} {k['name'][:70]}" for k in kernels))
 
 
 def main(argv=None) -> None:

@@ -379,8 +379,8 @@ class TrainingRunner:
         return {"steps": steps, "dim": self.cfg.model.encoder_embed_dim, "layers": self.cfg.model.encoder_layers}
 
     def diagnostics(self, profile: bool = True) -> Dict:
-        """FLOPs of one step; with ``profile``, also the attention kernels it runs, the optimizer step alone,
-        and (on CUDA) its host-device syncs."""
+        """FLOPs of one step; with ``profile``, also the attention kernels it runs, the kernels its time goes to,
+        the optimizer step alone, and (on CUDA) its host-device syncs."""
         shape = self.attention_shape()
         batch = self.sample["net_input"]["source"].shape[0]
         # QK^T and attention-times-V: 2 * T^2 * d multiply-adds each, forward; backward costs twice that.
@@ -390,7 +390,7 @@ class TrainingRunner:
         report["attention_flop_share"] = attention / report["flops_per_step"] if report["flops_per_step"] else None
         if not profile:
             return report
-        report["attention_ops"] = attention_ops(self.step, self.device)
+        report.update(profile_step(self.step, self.device))
         optimizer = self.trainer.optimizer if self.path == "trainer" else self.bare.optimizer
         # The update alone, on the gradients the last step left: the config's optimizer (with fairseq's fp16/bf16
         # master-weight copies on the trainer path) against torch's AdamW.
@@ -421,24 +421,46 @@ def count_step_flops(step: Callable[[], None]) -> Dict:
 ATTENTION_OP = re.compile(r"scaled_dot_product|flash|fmha|efficient_attention|attention_math|cudnn.*attention", re.I)
 
 
-def attention_ops(step: Callable[[], None], device: str) -> Dict[str, int]:
-    """Names (and call counts) of the attention operators and kernels that one call of ``step`` runs.
+def profile_step(step: Callable[[], None], device: str, top: int = 15) -> Dict:
+    """One profiled call of ``step``: the attention operators and kernels it runs, and where its time goes.
 
-    ``aten::_scaled_dot_product_flash_attention`` / ``_efficient_attention`` /
-    ``_cudnn_attention`` are the fused CUDA paths, ``..._flash_attention_for_cpu``
-    the fused CPU path and ``_scaled_dot_product_attention_math`` the unfused fallback.
+    ``attention_ops``: names and call counts. ``aten::_scaled_dot_product_flash_attention`` /
+    ``_efficient_attention`` / ``_cudnn_attention`` are the fused CUDA paths,
+    ``..._flash_attention_for_cpu`` the fused CPU path and ``_scaled_dot_product_attention_math`` the
+    unfused fallback. ``time_by_kernel``: the ``top`` names that take most of the step with their calls,
+    milliseconds and share of the total: GPU kernels by device time on cuda (the total is the time the GPU
+    was busy), operators by self CPU time on cpu.
     """
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=activities) as prof:
         step()
         synchronize(device)
-    counts: Dict[str, int] = {}
+    attention: Dict[str, int] = {}
+    calls: Dict[str, int] = {}
+    microseconds: Dict[str, float] = {}
     for event in prof.events():
         if ATTENTION_OP.search(event.name):
-            counts[event.name] = counts.get(event.name, 0) + 1
-    return counts
+            attention[event.name] = attention.get(event.name, 0) + 1
+        if device == "cuda":
+            if event.device_type != DeviceType.CUDA:
+                continue
+            duration = event.time_range.elapsed_us()
+        else:
+            duration = event.self_cpu_time_total
+        calls[event.name] = calls.get(event.name, 0) + 1
+        microseconds[event.name] = microseconds.get(event.name, 0.0) + duration
+    total = sum(microseconds.values())
+    ranked = sorted(microseconds, key=microseconds.get, reverse=True)[:top]
+    kernels = [{"name": name, "calls": calls[name], "ms": microseconds[name] / 1e3, "share": microseconds[name] / total if total else 0.0} for name in ranked]
+    return {"attention_ops": attention, "time_by_kernel": {"total_ms": total / 1e3, "top": kernels}}
+
+
+def attention_ops(step: Callable[[], None], device: str) -> Dict[str, int]:
+    """Names (and call counts) of the attention operators and kernels that one call of ``step`` runs (see :func:`profile_step`)."""
+    return profile_step(step, device)["attention_ops"]
 
 
 def host_syncs(step: Callable[[], None]) -> Dict:

@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import TrainingRunner, count_step_flops, load_config, write_corpus  # noqa: E402
+from benchmarks.common import TrainingRunner, count_step_flops, load_config, profile_step, write_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,23 @@ def test_flop_count_charges_depthwise_backward_like_its_forward():
     forward = 2 * 2 * 50 * 32 * 5  # multiply-adds of a depthwise kernel: batch * length * channels * kernel
     assert counted["flops_by_op"]["aten.convolution"] == forward
     assert counted["flops_per_step"] == 3 * forward
+
+
+def test_step_profile_names_the_attention_path_and_ranks_where_the_time_goes():
+    matrix, query = torch.randn(384, 384), torch.randn(1, 2, 16, 8)
+
+    def step():
+        for _ in range(20):
+            matrix @ matrix
+        torch.nn.functional.scaled_dot_product_attention(query, query, query)
+        matrix + 1
+
+    profiled = profile_step(step, "cpu", top=3)
+    top = profiled["time_by_kernel"]["top"]
+    assert [k["name"] for k in top][0] == "aten::mm" and top[0]["calls"] == 20 and top[0]["share"] > 0.5
+    assert len(top) == 3 and sum(k["share"] for k in top) <= 1 + 1e-9
+    assert top[0]["ms"] <= profiled["time_by_kernel"]["total_ms"]
+    assert any("scaled_dot_product" in name for name in profiled["attention_ops"])
 
 
 def test_wav2vec2_references_keep_fairseq_base_settings(two_clips):
