@@ -5,7 +5,7 @@
         [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
         [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other] \\
         [--pretrain-fraction F] [--model-override KEY=VALUE ...] [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
-        [--device cpu|cuda] [--precision fp32|bf16] [--threads 1] [--jobs N]
+        [--device cpu|cuda] [--precision fp32|fp16|bf16] [--threads 1] [--jobs N]
 
 Every step runs the project's own command lines, so the numbers describe what
 users run: (1) ``logmel-manifest`` on the unlabelled folder and
@@ -334,14 +334,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where pre-training, fine-tuning and evaluation run")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="fp32",
-        help="fairseq's common.fp16 / common.bf16 for pre-training and both arms (GPU); named in run folders and tags unless fp32",
+        help="fairseq's common.fp16 / common.bf16 for pre-training and both arms; named in run folders and tags unless fp32",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
     parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
     parser.add_argument(
         "--jobs", type=int, default=1,
-        help="fine-tuning runs (fold x seed x arm) at a time, one process each: 2 runs both arms of a fold together on CPU; "
-        "a GPU that one host-bound run leaves idle takes ten",
+        help="fine-tuning runs (fold x seed x arm) at a time, one process each: 2 runs the two arms of a fold together; "
+        "one GPU, which a single run leaves mostly idle, took 10 (five folds x two arms)",
     )
     parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>[_<model overrides>]_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
     args = parser.parse_args(argv)
