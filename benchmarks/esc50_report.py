@@ -3,9 +3,15 @@
 fairseq writes one JSON object per log line (``common.log_format=json``):
 ``[train_inner][INFO] - {...}`` during training and ``[valid][INFO] - {...}``
 after each validation; the curves are read back from hydra's ``hydra_train.log``.
+
+For runs cut off before their end (no last checkpoint to evaluate), the table and figure come from the logs alone:
+
+    python -m benchmarks.esc50_report LOG_DIR --title TITLE   # LOG_DIR/pretraining.log, LOG_DIR/<run>/<arm>.log
 """
+import argparse
 import json
 import math
+import os
 from typing import Dict, List
 
 import numpy as np
@@ -179,9 +185,6 @@ def write_curves_markdown(path: str, runs: Dict[str, Dict[str, Dict[str, List[fl
 
 def main(argv=None) -> int:
     """Table and figure from the logs alone: ``LOG_DIR/pretraining.log`` and ``LOG_DIR/<run>/<arm>.log``."""
-    import argparse
-    import os
-
     parser = argparse.ArgumentParser(description="Validation curves of a pre-trained vs from-scratch comparison, from its fairseq logs")
     parser.add_argument("log_dir", help="folder with pretraining.log and one folder per run (fold1, ...) holding pretrained.log and scratch.log")
     parser.add_argument("--title", required=True, help="heading of the table and figure")
