@@ -291,6 +291,14 @@ def read_json(path: str) -> Dict:
         return json.load(f)
 
 
+def share(text: str) -> float:
+    """argparse type of the two fraction flags: a share in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value:g}")
+    return value
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--esc50-dir", required=True, help="ESC-50 folder with meta/esc50.csv and audio/")
@@ -306,7 +314,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="pre-training audio: --unlabeled-dir, or also the ESC-50 clips outside ESC-10 without labels (--subset esc10 only)",
     )
     parser.add_argument(
-        "--pretrain-fraction", type=float, default=1.0,
+        "--pretrain-fraction", type=share, default=1.0,
         help="pre-train on this share (0-1] of the pre-training audio's duration, a fixed random subset of its clips",
     )
     parser.add_argument(
@@ -325,7 +333,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="both arms train only the head for this many updates first (model.freeze_encoder_updates)",
     )
     parser.add_argument(
-        "--finetune-train-fraction", type=float, default=1.0,
+        "--finetune-train-fraction", type=share, default=1.0,
         help="both arms fine-tune on this fraction (0-1] of each fold's training clips, covering every class and drawn "
         "from the fine-tuning seed (task.train_fraction): fewer labels",
     )
@@ -345,12 +353,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>[_<model overrides>]_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
     args = parser.parse_args(argv)
-    if not 0 < args.pretrain_fraction <= 1:
-        parser.error(f"--pretrain-fraction must be in (0, 1], got {args.pretrain_fraction}")
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    if not 0 < args.finetune_train_fraction <= 1:
-        parser.error(f"--finetune-train-fraction must be in (0, 1], got {args.finetune_train_fraction}")
     if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
         parser.error("--pretrain-audio unlabeled+esc50-other holds out only ESC-10: use it with --subset esc10")
     args.finetune_seeds = args.finetune_seeds or [args.seed]
