@@ -71,16 +71,20 @@ def run(command: List[str], cwd: str, threads: int, log_path: str) -> float:
 
 
 def training_seconds(out: str) -> Optional[float]:
-    """fairseq's own training time of the run writing to ``out`` ("done training in X seconds"), None if unfinished.
+    """fairseq's own training time of the run writing to ``out``, None if unfinished.
 
-    A finished run is not started again: fairseq would resume it and add one more update.
+    The ``wall`` meter at the run's last end-of-epoch line: checkpoints carry it over a resume, where "done training
+    in X seconds" counts only the last process. A finished run is not started again: fairseq would resume it and
+    add one more update.
     """
     log = os.path.join(out, "run", "hydra_train.log")
     if not os.path.isfile(log):
         return None
     with open(log) as f:
-        found = re.findall(r"done training in ([0-9.]+) seconds", f.read())
-    return float(found[-1]) if found else None
+        text = f.read()
+    if "done training in" not in text:
+        return None
+    return float(re.findall(r'\[train\]\[INFO\] - \{.*"train_wall": "([0-9.]+)"', text)[-1])
 
 
 def pretraining_audio_dir(args: argparse.Namespace) -> str:

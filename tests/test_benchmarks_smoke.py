@@ -255,3 +255,21 @@ def test_esc_curves_report_averages_the_updates_every_run_validated(tmp_path):
     rows = [line for line in (tmp_path / "curves.md").read_text().splitlines() if line.startswith("| 50 ") or line.startswith("| 100 ")]
     assert rows == ["| 50 | 40.0 | 40.0 | +0.0 | +10.0 -10.0 |"]
     assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_esc_benchmark_training_time_of_a_resumed_run_counts_every_process(tmp_path):
+    from benchmarks.esc50_pretrain_vs_scratch import training_seconds
+
+    log = tmp_path / "run" / "hydra_train.log"
+    os.makedirs(log.parent)
+
+    def epoch_end(wall):
+        return f'[2026-01-01 00:00:00,000][train][INFO] - {{"epoch": 1, "train_train_wall": "1", "train_wall": "{wall}"}}\n'
+
+    # The first process was killed after its checkpoint at 100 s; the second resumed with fairseq's wall meter
+    # restored from that checkpoint and ran 30 s more.
+    log.write_text(epoch_end(100) + "[fairseq.trainer][INFO] - Preparing to load checkpoint\n")
+    assert training_seconds(str(tmp_path)) is None, "an unfinished run has no training time"
+    with open(log, "a") as f:
+        f.write(epoch_end(130) + "[fairseq_cli.train][INFO] - done training in 30.4 seconds\n")
+    assert training_seconds(str(tmp_path)) == 130.0
