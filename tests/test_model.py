@@ -191,6 +191,54 @@ def test_contrastive_logits_mark_missing_and_identical_distractors():
     assert torch.isfinite(logits[0]).all()
 
 
+
+def contrastive_logits_by_definition(context, targets, mask, num_distractors, temperature, cross_clip_distractors):
+    """The loss's logits written out: gather every candidate latent, then its cosine with the prediction."""
+    counts = mask.sum(1, keepdim=True)
+    eligible = mask & ((counts > 1) | (counts.sum() - counts > 0))
+    positives, distractor_steps, valid = sample_distractors(eligible, num_distractors)
+    clip, step = positives[:, 0], positives[:, 1]
+    rows, cross_valid = sample_cross_clip_distractors(clip, eligible.sum(1), cross_clip_distractors)
+    positive = targets[clip, step]
+    negatives = torch.cat([targets[clip[:, None], distractor_steps], targets[clip[rows], step[rows]]], dim=1)
+    candidates = torch.cat([positive[:, None], negatives], dim=1)
+    logits = torch.nn.functional.cosine_similarity(context[clip, step][:, None], candidates, dim=-1) / temperature
+    identical = (negatives == positive[:, None]).all(-1)
+    logits[:, 1:] = logits[:, 1:].masked_fill(~torch.cat([valid, cross_valid], 1) | identical, float("-inf"))
+    return logits
+
+
+def test_contrastive_logits_match_the_definition_and_ignore_autocast():
+    torch.manual_seed(0)
+    mask = compute_span_mask(torch.tensor([60, 45, 3, 60]), 60, mask_prob=0.3, span=3)
+    context, targets = torch.randn(4, 60, 16), torch.randn(4, 60, 16)
+    targets[3, mask[3].nonzero()[:2, 0]] = targets[0, mask[0].nonzero()[0, 0]]  # silence in two clips
+    torch.manual_seed(1)
+    expected = contrastive_logits_by_definition(context, targets, mask, 100, 0.1, cross_clip_distractors=8)
+    torch.manual_seed(1)
+    logits = contrastive_logits(context, targets, mask, 100, 0.1, cross_clip_distractors=8)
+    assert torch.isinf(expected).any() and torch.equal(torch.isinf(logits), torch.isinf(expected))
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+    # fairseq's common.amp runs the criterion under autocast, which would take the products to bf16.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        autocast_logits = contrastive_logits(context, targets, mask, 100, 0.1, cross_clip_distractors=8)
+    assert autocast_logits.dtype == torch.float32
+    torch.testing.assert_close(autocast_logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_distractor_pointing_the_same_way_as_the_positive_is_left_out():
+    """Under a cosine a latent scaled by 3 scores exactly as the positive: no model could tell them apart."""
+    torch.manual_seed(0)
+    mask = torch.zeros(1, 10, dtype=torch.bool)
+    mask[0, [0, 1, 2]] = True
+    targets = torch.randn(1, 10, 8)
+    targets[0, 2] = 3 * targets[0, 1]
+    targets[0, 0] = targets[0, 1] + 0.05 * torch.randn(8)  # close, but a different direction: kept
+    logits = contrastive_logits(torch.randn(1, 10, 8), targets, mask, num_distractors=100, temperature=0.1)
+    assert torch.isinf(logits).sum(1).tolist() == [0, 1, 1]
+
+
 def test_loss_is_finite_and_gradients_reach_every_parameter():
     from fairseq_logmel_conformer.criterions.logmel_contrastive import LogmelContrastiveConfig, LogmelContrastiveCriterion
 

@@ -27,6 +27,11 @@ class LogmelContrastiveConfig(FairseqDataclass):
     temperature: float = field(default=0.1, metadata={"help": "cosine similarities are divided by this before the softmax"})
 
 
+# Cosine similarity at or above which a distractor counts as the positive itself: identical latents score 1 within
+# about 6e-7 in fp32, and a distractor this close scores within 1e-4 of the positive at temperature 0.1.
+SAME_AS_POSITIVE = 1.0 - 1e-5
+
+
 def contrastive_logits(
     context: torch.Tensor,
     targets: torch.Tensor,
@@ -41,8 +46,9 @@ def contrastive_logits(
     fewer than K + 1 masked steps uses each of its other masked steps once
     (K' is the largest count in the batch; missing slots get -inf). The last
     K_x = ``cross_clip_distractors`` columns come from other clips. Distractors
-    identical to the positive (digital silence repeats itself) get -inf too,
-    as in wav2vec 2.0, since no model could tell them apart.
+    pointing the same way as the positive (digital silence repeats itself) get
+    -inf too, as identical ones do in wav2vec 2.0: under a cosine no model could
+    tell them apart.
     """
     counts = mask.sum(1, keepdim=True)
     has_distractor = counts > 1
@@ -51,16 +57,27 @@ def contrastive_logits(
     eligible = mask & has_distractor
     positives, distractor_steps, valid = sample_distractors(eligible, num_distractors)
     clip, step = positives[:, 0], positives[:, 1]
-    predicted = context[clip, step].float()
-    positive = targets[clip, step].float()
-    negatives = targets[clip[:, None], distractor_steps].float()
-    if cross_clip_distractors > 0:
-        rows, cross_valid = sample_cross_clip_distractors(clip, eligible.sum(1), cross_clip_distractors)
-        negatives = torch.cat([negatives, targets[clip[rows], step[rows]].float()], dim=1)
-        valid = torch.cat([valid, cross_valid], dim=1)
-    candidates = torch.cat([positive[:, None], negatives], dim=1)
-    logits = F.cosine_similarity(predicted[:, None], candidates, dim=-1) / temperature
-    same_as_positive = (negatives == positive[:, None]).all(-1)
+    columns = torch.cat([step[:, None], distractor_steps], dim=1)
+    # fp32 whatever the model's precision, and out of autocast, which would run the products in half precision.
+    with torch.autocast(device_type=context.device.type, enabled=False):
+        predicted = F.normalize(context.float(), dim=-1)
+        latents = F.normalize(targets.float(), dim=-1)
+        # Every (step, step) similarity of each clip in one batched product, (B, T, T), then the N x (1 + K') used:
+        # gathering (N, 1 + K', C) candidate vectors instead moves C times the memory, forward and backward.
+        similarity = torch.bmm(predicted, latents.transpose(1, 2))[clip, step].gather(1, columns)
+        with torch.no_grad():
+            self_similarity = torch.bmm(latents, latents.transpose(1, 2))[clip, step].gather(1, distractor_steps)
+        same_as_positive = self_similarity >= SAME_AS_POSITIVE
+        if cross_clip_distractors > 0:
+            rows, cross_valid = sample_cross_clip_distractors(clip, eligible.sum(1), cross_clip_distractors)
+            masked_latents = latents[clip, step]
+            others = masked_latents[rows]
+            similarity = torch.cat([similarity, torch.einsum("nc,nkc->nk", predicted[clip, step], others)], dim=1)
+            with torch.no_grad():
+                cross_same = torch.einsum("nc,nkc->nk", masked_latents, others) >= SAME_AS_POSITIVE
+            same_as_positive = torch.cat([same_as_positive, cross_same], dim=1)
+            valid = torch.cat([valid, cross_valid], dim=1)
+    logits = similarity / temperature
     logits[:, 1:] = logits[:, 1:].masked_fill(~valid | same_as_positive, float("-inf"))
     return logits
 
