@@ -88,6 +88,12 @@ def test_finetune_from_scratch_and_reload_without_the_data(tmp_path, labelled_co
     state = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", weights_only=False)
     assert state["cfg"]["model"]["encoder"]["encoder_dim"] == 64
     assert state["cfg"]["model"]["encoder"]["feature_norm"] == "layer"
+    # Fields encoder/tiny.yaml does not list are saved too, so a default changed later cannot change how it loads.
+    from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig
+
+    defaults = LogmelConformerConfig()
+    for name in ("mask_prob", "mask_length", "logmel_mean", "logmel_std", "stack_frames", "win_ms", "dropout"):
+        assert state["cfg"]["model"]["encoder"][name] == getattr(defaults, name), name
     assert "encoder.feature_encoder.layer_norm.weight" in state["model"]
     assert state["cfg"]["model"]["class_names"] == list(SOUND_CLASSES)
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task([f"{workdir}/checkpoints/checkpoint_last.pt"], arg_overrides={"data": "/nonexistent"})

@@ -31,6 +31,11 @@ class LogmelConformerClassifierConfig(FairseqDataclass):
     multilabel: bool = field(default=False, metadata={"help": "sigmoid outputs (tagging) instead of softmax (classification), set by the task"})
 
 
+def encoder_config(cfg: LogmelConformerClassifierConfig) -> DictConfig:
+    """``cfg.encoder`` over the ``logmel_conformer`` defaults: every field of the encoder's config."""
+    return OmegaConf.merge(OmegaConf.structured(LogmelConformerConfig(sample_rate=cfg.sample_rate)), cfg.encoder)
+
+
 def load_pretrained_encoder(cfg: LogmelConformerClassifierConfig) -> Optional[Dict[str, torch.Tensor]]:
     """Fill ``cfg.encoder`` from ``cfg.pretrained_path`` and return the encoder weights to load.
 
@@ -41,6 +46,10 @@ def load_pretrained_encoder(cfg: LogmelConformerClassifierConfig) -> Optional[Di
     if not cfg.pretrained_path:
         if cfg.encoder is None:
             raise ValueError("set model.pretrained_path, or an encoder architecture (e.g. +encoder=cfS) to train from scratch")
+        # Every field, not only those the encoder YAML lists: a default changed later must not change how the
+        # fine-tuned checkpoint loads.
+        with open_dict(cfg):
+            cfg.encoder = OmegaConf.to_container(encoder_config(cfg), resolve=True)
         return None
     state = checkpoint_utils.load_checkpoint_to_cpu(cfg.pretrained_path)
     model_cfg = state["cfg"]["model"]
@@ -59,7 +68,7 @@ class LogmelConformerClassifier(BaseFairseqModel):
         super().__init__()
         if not cfg.class_names:
             raise ValueError("model.class_names is empty: the fine-tuning task sets it from its label vocabulary")
-        encoder_cfg = OmegaConf.merge(OmegaConf.structured(LogmelConformerConfig(sample_rate=cfg.sample_rate)), cfg.encoder)
+        encoder_cfg = encoder_config(cfg)
         if encoder_cfg.sample_rate != cfg.sample_rate:
             raise ValueError(f"the encoder was pre-trained at {encoder_cfg.sample_rate} Hz but the task reads audio at {cfg.sample_rate} Hz")
         self.cfg = cfg
