@@ -121,8 +121,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         f"{len(todo) - len(failures)} written, {len(files) - len(todo)} skipped (already done), {len(failures)} unreadable",
         file=sys.stderr,
     )
+    return report_unreadable(failures, f"unreadable files (also in {os.path.join(args.out_dir, 'unreadable.txt')}):")
+
+
+def report_unreadable(failures: List[str], heading: str) -> int:
+    """Print ``heading`` and one indented line per unreadable file on stderr; -> exit status, 1 if there were any."""
     if failures:
-        print(f"unreadable files (also in {os.path.join(args.out_dir, 'unreadable.txt')}):", file=sys.stderr)
+        print(heading, file=sys.stderr)
         for line in failures:
             print("  " + line, file=sys.stderr)
     return 1 if failures else 0

@@ -20,7 +20,7 @@ import numpy as np
 from ..data.audio import AUDIO_EXTENSIONS, AudioReadError
 from ..data.labels import LabelVocabulary
 from ..inference import WINDOW_POOLING, Prediction
-from .embed import add_model_arguments, load_model
+from .embed import add_model_arguments, load_model, report_unreadable
 from .make_manifest import find_audio
 
 
@@ -101,11 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.timeline_dir:
             plot_timeline(prediction, names, args.timeline_classes, os.path.basename(path), timeline_path(args.timeline_dir, path, used_names))
         sys.stdout.flush()
-    if failures:
-        print(f"{len(failures)} unreadable file(s):", file=sys.stderr)
-        for line in failures:
-            print("  " + line, file=sys.stderr)
-    return 1 if failures else 0
+    return report_unreadable(failures, f"{len(failures)} unreadable file(s):")
 
 
 if __name__ == "__main__":
