@@ -191,7 +191,6 @@ def test_contrastive_logits_mark_missing_and_identical_distractors():
     assert torch.isfinite(logits[0]).all()
 
 
-
 def contrastive_logits_by_definition(context, targets, mask, num_distractors, temperature, cross_clip_distractors):
     """The loss's logits written out: gather every candidate latent, then its cosine with the prediction."""
     counts = mask.sum(1, keepdim=True)
