@@ -10,7 +10,13 @@ from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.criterions.logmel_contrastive import contrastive_logits
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
 from fairseq_logmel_conformer.modules.frontend import StackedFeatureEncoder
-from fairseq_logmel_conformer.modules.masking import compute_span_mask, sample_cross_clip_distractors, sample_distractors
+from fairseq_logmel_conformer.modules.masking import (
+    compute_span_mask,
+    masked_steps_in_order,
+    max_masked_steps,
+    sample_cross_clip_distractors,
+    sample_distractors,
+)
 
 
 def model_config_from_yaml(config_name: str, **overrides) -> LogmelConformerConfig:
@@ -129,41 +135,57 @@ def test_span_mask_covers_about_mask_prob_and_never_padding():
     assert (mask.sum(1) % 3 == 0).all()
 
 
+def test_span_mask_never_masks_more_steps_than_its_static_bound():
+    """The loss sizes its tensors by max_masked_steps; a clip masked past it would lose steps from the loss."""
+    torch.manual_seed(0)
+    for max_len, mask_prob, span in [(125, 0.3, 3), (200, 0.3, 3), (60, 0.5, 2), (7, 0.3, 3), (31, 0.65, 4)]:
+        lengths = torch.randint(1, max_len + 1, (4096,))
+        lengths[:8] = max_len
+        counts = compute_span_mask(lengths, max_len, mask_prob, span).sum(1)
+        bound = max_masked_steps(max_len, mask_prob, span)
+        assert bound < mask_prob * max_len + span
+        assert int(counts.max()) == bound, "the bound is reached: it is tight"
+
+
+def test_masked_steps_in_order_left_aligns_each_clips_masked_steps():
+    mask = torch.zeros(2, 8, dtype=torch.bool)
+    mask[0, [1, 2, 6]] = True
+    mask[1, [0, 7]] = True
+    order = masked_steps_in_order(mask, 3)
+    assert order.shape == (2, 3)
+    assert order[0].tolist() == [1, 2, 6] and order[1, :2].tolist() == [0, 7]
+
+
 def test_distractors_come_from_other_masked_steps_of_the_same_clip():
     torch.manual_seed(0)
-    mask = torch.zeros(3, 40, dtype=torch.bool)
-    mask[0, [1, 2, 3, 10, 11, 12]] = True
-    mask[1, torch.arange(0, 40, 2)] = True
-    mask[2, [5]] = True
-    positives, distractors, valid = sample_distractors(mask, num_distractors=8)
-    assert positives.shape[0] == mask.sum()
-    for (clip, step), chosen, ok in zip(positives.tolist(), distractors.tolist(), valid.tolist()):
-        picked = [c for c, v in zip(chosen, ok) if v]
-        others = int(mask[clip].sum()) - 1
-        assert len(picked) == min(8, others)
-        assert len(set(picked)) == len(picked), "drawn without replacement"
-        assert step not in picked
-        assert all(mask[clip, c] for c in picked)
+    counts = torch.tensor([6, 20, 1, 0])
+    ranks, valid = sample_distractors(counts, max_masked=20, num_distractors=8)
+    assert ranks.shape == valid.shape == (4, 20, 8)
+    for clip, count in enumerate(counts.tolist()):
+        for own in range(count):
+            picked = ranks[clip, own][valid[clip, own]].tolist()
+            assert len(picked) == min(8, count - 1)
+            assert len(set(picked)) == len(picked), "drawn without replacement"
+            assert own not in picked and all(0 <= rank < count for rank in picked)
+        assert not valid[clip, count:].any(), "rows past the clip's masked steps have no distractor"
 
 
 def test_cross_clip_distractors_come_from_every_other_clip_and_never_the_own():
-    mask = torch.zeros(3, 20, dtype=torch.bool)
-    mask[0, [1, 2, 3]] = True
-    mask[1, [0, 5, 6, 7, 8]] = True
-    mask[2, [19]] = True
-    positives = mask.nonzero()
+    counts = torch.tensor([3, 5, 0, 1])
     generator = torch.Generator().manual_seed(0)
-    rows, valid = sample_cross_clip_distractors(positives[:, 0], mask.sum(1), 2000, generator)
-    assert rows.shape == valid.shape == (9, 2000) and valid.all()
-    for clip, drawn in zip(positives[:, 0].tolist(), rows):
-        drawn_clips = positives[drawn, 0]
-        assert (drawn_clips != clip).all()
-        others = (mask.sum(1) * (torch.arange(3) != clip)).float()
-        share = torch.bincount(drawn_clips, minlength=3).float() / 2000
-        torch.testing.assert_close(share, others / others.sum(), atol=0.04, rtol=0)
-    alone = torch.zeros(2, 10, dtype=torch.bool)
-    alone[1, [2, 3]] = True
-    _, valid = sample_cross_clip_distractors(alone.nonzero()[:, 0], alone.sum(1), 4)
+    clips, ranks, valid = sample_cross_clip_distractors(counts, 5, 2000, generator)
+    assert clips.shape == ranks.shape == valid.shape == (4, 5, 2000)
+    for clip, count in enumerate(counts.tolist()):
+        assert valid[clip, :count].all() and not valid[clip, count:].any()
+        for own in range(count):
+            drawn = clips[clip, own]
+            assert (drawn != clip).all()
+            others = counts * (torch.arange(4) != clip)
+            # Every masked step outside the clip, about equally often, and nothing else.
+            share = torch.bincount(drawn * 5 + ranks[clip, own], minlength=20).reshape(4, 5).float() / 2000
+            expected = (torch.arange(5)[None, :] < others[:, None]).float()
+            torch.testing.assert_close(share, expected / expected.sum(), atol=0.03, rtol=0)
+    _, _, valid = sample_cross_clip_distractors(torch.tensor([0, 2]), 2, 4)
     assert not valid.any(), "a batch with one clip holding masked steps has no cross-clip distractor"
 
 
@@ -172,10 +194,12 @@ def test_cross_clip_distractors_add_columns_and_keep_lone_masked_steps():
     mask[0, [0, 1, 2]] = True
     mask[1, [4]] = True
     context, targets = torch.randn(2, 10, 8), torch.randn(2, 10, 8)
-    logits = contrastive_logits(context, targets, mask, num_distractors=100, temperature=0.1, cross_clip_distractors=6)
-    assert logits.shape == (4, 1 + 2 + 6), "the lone masked step of clip 1 is scored against clip 0"
-    assert torch.isfinite(logits[:, 3:]).all()
-    assert torch.isinf(logits[3, 1:3]).all(), "clip 1 has no same-clip distractor"
+    logits, scored = contrastive_logits(context, targets, mask, 100, 0.1, cross_clip_distractors=6, max_masked=3)
+    assert logits.shape == (2, 3, 1 + 2 + 6)
+    assert scored.tolist() == [[True, True, True], [True, False, False]], "the lone masked step of clip 1 is scored against clip 0"
+    rows = logits[scored]
+    assert torch.isfinite(rows[:, 3:]).all()
+    assert torch.isinf(rows[3, 1:3]).all(), "clip 1 has no same-clip distractor"
 
 
 def test_contrastive_logits_mark_missing_and_identical_distractors():
@@ -184,27 +208,39 @@ def test_contrastive_logits_mark_missing_and_identical_distractors():
     mask[1, [4]] = True  # a single masked step has no distractor and is left out
     targets = torch.randn(2, 10, 8)
     targets[0, 2] = targets[0, 1]  # digital silence: two identical latents
-    logits = contrastive_logits(torch.randn(2, 10, 8), targets, mask, num_distractors=100, temperature=0.1)
-    assert logits.shape == (3, 3)
-    assert torch.isfinite(logits[:, 0]).all()
-    assert torch.isinf(logits[1]).sum() == 1 and torch.isinf(logits[2]).sum() == 1
-    assert torch.isfinite(logits[0]).all()
+    logits, scored = contrastive_logits(torch.randn(2, 10, 8), targets, mask, 100, 0.1, max_masked=3)
+    assert scored.tolist() == [[True, True, True], [False, False, False]]
+    rows = logits[scored]
+    assert rows.shape == (3, 3)
+    assert torch.isfinite(rows[:, 0]).all()
+    assert torch.isinf(rows[1]).sum() == 1 and torch.isinf(rows[2]).sum() == 1
+    assert torch.isfinite(rows[0]).all()
 
 
 def contrastive_logits_by_definition(context, targets, mask, num_distractors, temperature, cross_clip_distractors):
-    """The loss's logits written out: gather every candidate latent, then its cosine with the prediction."""
-    counts = mask.sum(1, keepdim=True)
-    eligible = mask & ((counts > 1) | (counts.sum() - counts > 0))
-    positives, distractor_steps, valid = sample_distractors(eligible, num_distractors)
-    clip, step = positives[:, 0], positives[:, 1]
-    rows, cross_valid = sample_cross_clip_distractors(clip, eligible.sum(1), cross_clip_distractors)
-    positive = targets[clip, step]
-    negatives = torch.cat([targets[clip[:, None], distractor_steps], targets[clip[rows], step[rows]]], dim=1)
-    candidates = torch.cat([positive[:, None], negatives], dim=1)
-    logits = torch.nn.functional.cosine_similarity(context[clip, step][:, None], candidates, dim=-1) / temperature
-    identical = (negatives == positive[:, None]).all(-1)
-    logits[:, 1:] = logits[:, 1:].masked_fill(~torch.cat([valid, cross_valid], 1) | identical, float("-inf"))
-    return logits
+    """The loss's logits written out clip by clip, step by step: each candidate's cosine with the prediction.
+
+    Draws the same distractors as ``contrastive_logits`` under the same seed (same samplers, same order).
+    """
+    batch, steps, _ = context.shape
+    counts = mask.sum(1)
+    counts = counts * ((counts > 1) | (counts.sum() - counts > 0))
+    ranks, valid = sample_distractors(counts, steps, num_distractors)
+    clips, cross_ranks, cross_valid = sample_cross_clip_distractors(counts, steps, cross_clip_distractors)
+    # Slots past a clip's masked steps are invalid whatever they point at: step 0 here.
+    masked = [torch.cat([mask[b].nonzero()[:, 0], torch.zeros(steps, dtype=torch.long)]) for b in range(batch)]
+    rows = []
+    for b in range(batch):
+        for i in range(int(counts[b])):
+            positive = targets[b, masked[b][i]]
+            negatives = [targets[b, masked[b][r]] for r in ranks[b, i]]
+            negatives += [targets[c, masked[c][r]] for c, r in zip(clips[b, i].tolist(), cross_ranks[b, i].tolist())]
+            candidates = torch.stack([positive] + negatives)
+            row = torch.nn.functional.cosine_similarity(context[b, masked[b][i]][None], candidates, dim=-1) / temperature
+            identical = (candidates[1:] == positive).all(-1)
+            row[1:] = row[1:].masked_fill(~torch.cat([valid[b, i], cross_valid[b, i]]) | identical, float("-inf"))
+            rows.append(row)
+    return torch.stack(rows)
 
 
 def test_contrastive_logits_match_the_definition_and_ignore_autocast():
@@ -215,15 +251,50 @@ def test_contrastive_logits_match_the_definition_and_ignore_autocast():
     torch.manual_seed(1)
     expected = contrastive_logits_by_definition(context, targets, mask, 100, 0.1, cross_clip_distractors=8)
     torch.manual_seed(1)
-    logits = contrastive_logits(context, targets, mask, 100, 0.1, cross_clip_distractors=8)
+    logits, scored = contrastive_logits(context, targets, mask, 100, 0.1, cross_clip_distractors=8)
+    logits = logits[scored]
     assert torch.isinf(expected).any() and torch.equal(torch.isinf(logits), torch.isinf(expected))
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
     # fairseq's common.amp runs the criterion under autocast, which would take the products to bf16.
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.manual_seed(1)
-        autocast_logits = contrastive_logits(context, targets, mask, 100, 0.1, cross_clip_distractors=8)
+        autocast_logits, _ = contrastive_logits(context, targets, mask, 100, 0.1, cross_clip_distractors=8)
     assert autocast_logits.dtype == torch.float32
-    torch.testing.assert_close(autocast_logits, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(autocast_logits[scored], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_the_static_bound_on_masked_steps_leaves_the_loss_unchanged():
+    """With every other masked step as a distractor the loss is the same whatever the tensors' padded width."""
+    torch.manual_seed(0)
+    bound = max_masked_steps(125, 0.3, 3)
+    mask = compute_span_mask(torch.tensor([125, 125, 90, 40]), 125, mask_prob=0.3, span=3)
+    context, targets = torch.randn(4, 125, 16), torch.randn(4, 125, 16)
+
+    def row_losses(max_masked):
+        logits, scored = contrastive_logits(context, targets, mask, 200, 0.1, max_masked=max_masked)
+        return torch.nn.functional.cross_entropy(logits[scored], torch.zeros(int(scored.sum()), dtype=torch.long), reduction="none")
+
+    assert bound < 125
+    torch.testing.assert_close(row_losses(bound), row_losses(None), atol=1e-5, rtol=1e-5)
+
+
+def test_a_padded_pretraining_step_never_reads_a_value_from_the_device(monkeypatch):
+    """On fake tensors, which hold shapes but no values, anything that needs a value on the host (a host-device
+    sync on a GPU: ``.item()``, ``nonzero``, an ``if`` on a tensor) raises. Masking, forward, loss and backward pass."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fairseq_logmel_conformer.criterions import logmel_contrastive
+
+    # On the CPU the criterion reads the loss to report a non-finite one: free there, skipped on a GPU.
+    monkeypatch.setattr(logmel_contrastive, "report_nonfinite_loss", lambda *args: False)
+    criterion = logmel_contrastive.LogmelContrastiveCriterion(logmel_contrastive.LogmelContrastiveConfig(cross_clip_distractors=5), task=None)
+    model = tiny_model().train()
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        source = torch.randn(3, 32000)
+        padding_mask = torch.arange(32000)[None, :] >= torch.tensor([32000, 24000, 9000])[:, None]
+        loss, sample_size, _ = criterion(model, {"net_input": {"source": source, "padding_mask": padding_mask}})
+        loss.backward()
+    assert loss.shape == sample_size.shape == ()
 
 
 def test_a_distractor_pointing_the_same_way_as_the_positive_is_left_out():
@@ -234,8 +305,8 @@ def test_a_distractor_pointing_the_same_way_as_the_positive_is_left_out():
     targets = torch.randn(1, 10, 8)
     targets[0, 2] = 3 * targets[0, 1]
     targets[0, 0] = targets[0, 1] + 0.05 * torch.randn(8)  # close, but a different direction: kept
-    logits = contrastive_logits(torch.randn(1, 10, 8), targets, mask, num_distractors=100, temperature=0.1)
-    assert torch.isinf(logits).sum(1).tolist() == [0, 1, 1]
+    logits, _ = contrastive_logits(torch.randn(1, 10, 8), targets, mask, 100, 0.1, max_masked=3)
+    assert torch.isinf(logits[0]).sum(1).tolist() == [0, 1, 1]
 
 
 def test_loss_is_finite_and_gradients_reach_every_parameter():
@@ -282,13 +353,16 @@ def test_loss_depends_only_on_masked_steps():
     torch.manual_seed(0)
     mask = compute_span_mask(torch.tensor([50, 50]), 50, mask_prob=0.3, span=3)
     context, targets = torch.randn(2, 50, 16), torch.randn(2, 50, 16)
-    torch.manual_seed(1)
-    reference = contrastive_logits(context, targets, mask, 100, 0.1)
+
+    def scored_logits(context):
+        torch.manual_seed(1)
+        logits, scored = contrastive_logits(context, targets, mask, 100, 0.1)
+        return logits[scored]
+
+    reference = scored_logits(context)
     changed = context.clone()
     changed[~mask] = torch.randn(int((~mask).sum()), 16)
-    torch.manual_seed(1)
-    torch.testing.assert_close(contrastive_logits(changed, targets, mask, 100, 0.1), reference)
+    torch.testing.assert_close(scored_logits(changed), reference)
     changed[mask] = torch.randn(int(mask.sum()), 16)
-    torch.manual_seed(1)
-    assert not torch.allclose(contrastive_logits(changed, targets, mask, 100, 0.1), reference)
+    assert not torch.allclose(scored_logits(changed), reference)
     assert not mask.all() and mask.any()

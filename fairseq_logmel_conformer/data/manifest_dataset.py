@@ -162,8 +162,8 @@ class ManifestAudioDataset(RawAudioDataset):
         if batch:
             batch["clip_names"] = [s["clip_name"] for s in readable]
             batch["unreadable_clips"] = len(samples) - len(readable)
-            # Without a mask the model skips its padding check (a host-device sync) and attention
-            # may take the flash kernel; the check is cheap here, on the CPU, in the loader.
+            # Without a mask attention may take the flash kernel. The model trusts this in training rather
+            # than check on the device for an all-False mask (a host-device sync); here, on the CPU, it is cheap.
             if not batch["net_input"]["padding_mask"].any():
                 batch["net_input"]["padding_mask"] = None
         return batch

@@ -1,6 +1,6 @@
 """``logmel_conformer``: the paper's self-supervised conformer (logmel -> stacked frames -> masked conformer)."""
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -10,7 +10,7 @@ from omegaconf import II
 
 from ..modules.conformer import ConformerContextEncoder
 from ..modules.frontend import FEATURE_NORMS, LogmelFrontend, StackedFeatureEncoder, lengths_to_padding_mask
-from ..modules.masking import compute_span_mask
+from ..modules.masking import compute_span_mask, max_masked_steps
 
 FEATURE_NORM_CHOICES = ChoiceEnum(list(FEATURE_NORMS))
 
@@ -101,27 +101,39 @@ class LogmelConformerModel(BaseFairseqModel):
     @torch.jit.unused
     def forward(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, mask: bool = True
-    ) -> Dict[str, Optional[torch.Tensor]]:
+    ) -> Dict[str, Any]:
         """Pre-training pass.
 
         Returns a dict with ``context`` (B, T', latent_dim), ``targets`` (B, T',
         latent_dim, the unmasked Z), ``mask`` (B, T') True at masked steps (None
-        when ``mask`` is False), and ``padding_mask`` (B, T') True at padding (or None).
+        when ``mask`` is False), ``max_masked_steps`` (int, a bound on any clip's
+        masked steps, or None) and ``padding_mask`` (B, T') True at padding (or None).
         """
         latents, step_padding = self.encode_latents(source, padding_mask)
         batch, steps, _ = latents.shape
         time_mask = None
+        mask_bound = None
         inputs = latents
         if mask:
             lengths = torch.full((batch,), steps, device=latents.device) if step_padding is None else (~step_padding).sum(1)
             time_mask = compute_span_mask(lengths, steps, self.cfg.mask_prob, self.cfg.mask_length)
+            mask_bound = max_masked_steps(steps, self.cfg.mask_prob, self.cfg.mask_length)
             inputs = torch.where(time_mask[..., None], self.mask_embedding.to(latents.dtype), latents)
-        context = self.context_encoder(inputs, self.attention_padding(step_padding))
-        return {"context": context, "targets": latents, "mask": time_mask, "padding_mask": step_padding}
+        # The mask as it is, not attention_padding: in training the collater already drops the mask of a batch
+        # without padding, and checking for an all-False one would cost a host-device sync on every padded batch.
+        context = self.context_encoder(inputs, step_padding)
+        return {
+            "context": context,
+            "targets": latents,
+            "mask": time_mask,
+            "max_masked_steps": mask_bound,
+            "padding_mask": step_padding,
+        }
 
     @staticmethod
     def attention_padding(step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        # Without a mask, scaled_dot_product_attention may take the flash kernel; the check costs one sync.
+        # Without a mask, scaled_dot_product_attention may take the flash kernel. The check costs one sync:
+        # worth it for callers that pass an all-False mask, not in pre-training, whose collater drops one.
         if step_padding is None or not bool(step_padding.any()):
             return None
         return step_padding

@@ -65,9 +65,12 @@ class LogmelFrontend(nn.Module):
             mel = self.mel(waveform.float())
         else:
             # The STFT runs in fp32 even under autocast or a model cast to half (fairseq's fp16/bf16):
-            # fp16 power spectra overflow. .float() brings the window and filterbank back to fp32.
+            # fp16 power spectra overflow. .float() brings the window and filterbank back to fp32, once
+            # (the dtype is known on the host, and a compiled graph cannot trace module conversion).
+            if self.mel.spectrogram.window.dtype != torch.float32 or self.mel.mel_scale.fb.dtype != torch.float32:
+                self.mel.float()
             with torch.autocast(device_type=waveform.device.type, enabled=False):
-                mel = self.mel.float()(waveform.float())
+                mel = self.mel(waveform.float())
         logmel = torch.log(mel + self.log_floor).transpose(1, 2)
         return logmel, (self.num_frames(lengths) if lengths is not None else None)
 

@@ -1,7 +1,24 @@
-"""Vectorised span masking and distractor sampling, computed on the tensors' device."""
+"""Vectorised span masking and distractor sampling on the tensors' device, with shapes fixed by static bounds
+so that no step of pre-training waits for the device to say how many steps were masked."""
+import math
 from typing import Optional, Tuple
 
 import torch
+
+
+def _max_spans(max_len: int, mask_prob: float, span: int) -> int:
+    """Most spans :func:`compute_span_mask` places in a clip of at most ``max_len`` steps."""
+    # floor(mask_prob * L / span + u) with u < 1 is at most ceil(mask_prob * max_len / span).
+    return min(max_len // span, math.ceil(mask_prob * max_len / span))
+
+
+def max_masked_steps(max_len: int, mask_prob: float, span: int) -> int:
+    """Most steps :func:`compute_span_mask` masks in a clip of at most ``max_len`` steps (about ``mask_prob * max_len``).
+
+    The contrastive loss sizes its tensors by this bound instead of by the
+    largest count in the batch, which it could only read with a host-device sync.
+    """
+    return span * _max_spans(max_len, mask_prob, span)
 
 
 def compute_span_mask(
@@ -22,13 +39,13 @@ def compute_span_mask(
     """
     device = lengths.device
     batch = lengths.shape[0]
-    rand = torch.rand(batch, device=device, generator=generator)
-    num_spans = torch.floor(mask_prob * lengths / span + rand).long()
-    num_spans = torch.minimum(num_spans, torch.div(lengths, span, rounding_mode="floor"))
-    # A static upper bound on spans per clip keeps this free of host-device syncs.
-    max_spans = max_len // span
+    max_spans = _max_spans(max_len, mask_prob, span)
     if max_spans == 0:
         return torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+    rand = torch.rand(batch, device=device, generator=generator)
+    num_spans = torch.floor(mask_prob * lengths / span + rand).long()
+    # The clamp to max_spans only catches float32 rounding past the bound, about once in a million clips.
+    num_spans = torch.minimum(num_spans, torch.div(lengths, span, rounding_mode="floor")).clamp(max=max_spans)
     num_slots = lengths - num_spans * (span - 1)
     keys = torch.rand(batch, max_len, device=device, generator=generator)
     keys.masked_fill_(torch.arange(max_len, device=device)[None, :] >= num_slots[:, None], 2.0)
@@ -44,66 +61,70 @@ def compute_span_mask(
     return mask[:, :max_len]
 
 
+def masked_steps_in_order(mask: torch.Tensor, max_masked: int) -> torch.Tensor:
+    """(B, T) mask -> (B, M) each clip's masked step indices in time order, left-aligned, ``M = min(max_masked, T)``.
+
+    Row ``b`` holds ``mask[b].sum()`` masked steps, then unmasked ones; ``max_masked``
+    must bound the masked steps of every clip.
+    """
+    return torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, : min(max_masked, mask.shape[1])]
+
+
 def sample_distractors(
-    mask: torch.Tensor, num_distractors: int, generator: Optional[torch.Generator] = None
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    counts: torch.Tensor, max_masked: int, num_distractors: int, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Draw distractors for every masked step from the other masked steps of its clip.
 
     Args:
-        mask: (B, T) bool, True at masked steps.
+        counts: (B,) long, masked steps per clip, at most ``max_masked`` (M).
     Returns:
-        positives: (N, 2) long, (clip, step) of the N masked steps in row-major order.
-        distractors: (N, K') long, step index (within the same clip) of each distractor,
-            ``K' = min(num_distractors, max masked steps per clip - 1)``.
-        valid: (N, K') bool, False where a clip had fewer than K' other masked steps.
+        ranks: (B, M, K') long, for the clip's ``i``-th masked step, the ranks (positions in
+            :func:`masked_steps_in_order`) of its distractors, ``K' = min(num_distractors, M - 1)``.
+        valid: (B, M, K') bool, False where a clip had fewer than K' other masked steps, and on
+            rows ``i >= counts[b]``.
 
     A step with at least ``num_distractors`` other masked steps in its clip gets
     that many, drawn uniformly without replacement; otherwise every other
     masked step of the clip is used once and the remaining slots are invalid.
     """
-    positives = mask.nonzero()
-    counts = mask.sum(1)
-    max_count = int(counts.max()) if positives.shape[0] else 0
-    width = min(num_distractors, max_count - 1)
+    batch = counts.shape[0]
+    width = min(num_distractors, max_masked - 1)
     if width <= 0:
-        empty = positives.new_zeros(positives.shape[0], 0)
-        return positives, empty, empty.bool()
-    clip = positives[:, 0]
-    # Rank of each masked step among its clip's masked steps.
-    rank = mask.long().cumsum(1)[clip, positives[:, 1]] - 1
-    others = counts[clip] - 1
-    # Masked step indices of each clip, left-aligned: (B, max_count).
-    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :max_count]
-    keys = torch.rand(positives.shape[0], max_count - 1, device=mask.device, generator=generator)
-    candidate = torch.arange(max_count - 1, device=mask.device)[None, :]
-    keys.masked_fill_(candidate >= others[:, None], 2.0)
-    chosen = keys.topk(width, dim=1, largest=False).indices
-    valid = chosen < others[:, None]
+        empty = counts.new_zeros(batch, max_masked, 0)
+        return empty, empty.bool()
+    others = (counts - 1)[:, None, None]
+    keys = torch.rand(batch, max_masked, max_masked - 1, device=counts.device, generator=generator)
+    keys.masked_fill_(torch.arange(max_masked - 1, device=counts.device) >= others, 2.0)
+    chosen = keys.topk(width, dim=2, largest=False).indices
+    own_rank = torch.arange(max_masked, device=counts.device)[None, :, None]
+    valid = (chosen < others) & (own_rank <= others)
     # Skip the step itself: ranks at or above its own shift up by one.
-    chosen_rank = chosen + (chosen >= rank[:, None]).long()
-    distractors = order[clip[:, None], chosen_rank.clamp(max=max_count - 1)]
-    return positives, distractors, valid
+    return chosen + (chosen >= own_rank).long(), valid
 
 
 def sample_cross_clip_distractors(
-    clip: torch.Tensor, counts: torch.Tensor, num_distractors: int, generator: Optional[torch.Generator] = None
-) -> Tuple[torch.Tensor, torch.Tensor]:
+    counts: torch.Tensor, max_masked: int, num_distractors: int, generator: Optional[torch.Generator] = None
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draw distractors for every masked step from the masked steps of the *other* clips of the batch.
 
     Args:
-        clip: (N,) long, clip index of each masked step, in row-major order (``mask.nonzero()[:, 0]``).
-        counts: (B,) long, masked steps per clip (``mask.sum(1)``), so clip ``c`` owns a contiguous block.
+        counts: (B,) long, masked steps per clip, at most ``max_masked`` (M).
     Returns:
-        distractors: (N, num_distractors) long, rows into the N masked steps, drawn uniformly with
-            replacement (as wav2vec 2.0's ``cross_sample_negatives``) from outside the step's own clip.
-        valid: (N, num_distractors) bool, False for every slot when no other clip has a masked step.
+        clips, ranks: (B, M, num_distractors) long, the clip of each distractor and its rank among that clip's
+            masked steps, drawn uniformly with replacement (as wav2vec 2.0's ``cross_sample_negatives``) from
+            the masked steps outside the step's own clip.
+        valid: (B, M, num_distractors) bool, False for every slot when no other clip has a masked step, and
+            on rows ``i >= counts[b]``.
     """
-    total = clip.shape[0]
-    starts = counts.cumsum(0) - counts
-    pool = (total - counts)[clip]
-    draws = torch.rand(total, num_distractors, device=clip.device, generator=generator)
-    rows = (draws * pool[:, None]).long()
-    # Skip the step's own clip: rows at or past its block shift over it.
-    rows = rows + (rows >= starts[clip][:, None]).long() * counts[clip][:, None]
-    valid = (pool > 0)[:, None].expand(total, num_distractors)
-    return rows.clamp(max=max(total - 1, 0)), valid
+    batch = counts.shape[0]
+    ends = counts.cumsum(0)
+    starts = ends - counts
+    pool = (ends[-1] - counts)[:, None, None]
+    draws = torch.rand(batch, max_masked, num_distractors, device=counts.device, generator=generator)
+    # Rows of the batch's masked steps counted clip after clip, skipping over the step's own clip.
+    rows = torch.minimum((draws * pool).long(), (pool - 1).clamp(min=0))
+    rows = rows + (rows >= starts[:, None, None]).long() * counts[:, None, None]
+    clips = torch.searchsorted(ends, rows.flatten(), right=True).view_as(rows).clamp(max=batch - 1)
+    own_rank = torch.arange(max_masked, device=counts.device)[None, :, None]
+    valid = ((pool > 0) & (own_rank < counts[:, None, None])).expand_as(rows)
+    return clips, (rows - starts[clips]).clamp(min=0, max=max_masked - 1), valid
