@@ -9,7 +9,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import TrainingRunner, count_step_flops, load_config, profile_step, write_corpus  # noqa: E402
+from benchmarks.common import TrainingRunner, count_step_flops, load_config, profile_step, time_by_name, write_corpus  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,23 @@ def test_step_profile_names_the_attention_path_and_ranks_where_the_time_goes():
     assert len(top) == 3 and sum(k["share"] for k in top) <= 1 + 1e-9
     assert top[0]["ms"] <= profiled["time_by_kernel"]["total_ms"]
     assert any("scaled_dot_product" in name for name in profiled["attention_ops"])
+
+
+def test_gpu_time_counts_kernels_once_not_the_ranges_around_them():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, microseconds, device=DeviceType.CUDA, annotation=False):
+        span = SimpleNamespace(elapsed_us=lambda: microseconds)
+        return SimpleNamespace(name=name, device_type=device, is_user_annotation=annotation, time_range=span, self_cpu_time_total=0)
+
+    # fairseq's "forward" range spans the kernels it launched on the GPU timeline; the CPU side of an op is not GPU time.
+    events = [event("forward", 100.0, annotation=True), event("gemm", 60.0), event("gemm", 20.0), event("layer_norm", 20.0),
+              event("aten::mm", 500.0, device=DeviceType.CPU)]
+    timed = time_by_name(events, "cuda", top=5)
+    assert timed["total_ms"] == pytest.approx(0.1)
+    assert [(k["name"], k["calls"], k["share"]) for k in timed["top"]] == [("gemm", 2, pytest.approx(0.8)), ("layer_norm", 1, pytest.approx(0.2))]
 
 
 def test_wav2vec2_references_keep_fairseq_base_settings(two_clips):
