@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.criterions.logmel_contrastive import contrastive_logits
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
+from fairseq_logmel_conformer.modules.conformer import MaskedConvolutionModule
 from fairseq_logmel_conformer.modules.frontend import StackedFeatureEncoder
 from fairseq_logmel_conformer.modules.masking import (
     compute_span_mask,
@@ -103,6 +104,19 @@ def test_batched_forward_equals_per_clip_forward_in_eval_mode(feature_norm):
             torch.testing.assert_close(batched[i, :valid], alone[0], atol=1e-4, rtol=1e-4)
         clip_embeddings = model.clip_embedding(batch, padding_mask)
         torch.testing.assert_close(clip_embeddings[1], model.clip_embedding(clips[1][None])[0], atol=1e-4, rtol=1e-4)
+
+
+def test_convolution_module_computes_the_1x1_convolutions_its_weights_define():
+    torch.manual_seed(0)
+    module = MaskedConvolutionModule(dim=16, kernel_size=5, dropout=0.0).eval()
+    x = torch.randn(9, 3, 16)
+    padding = torch.zeros(3, 9, dtype=torch.bool)
+    padding[1, 6:] = True
+    # The (B, D, T) convolution form of the same layers: what checkpoints' Conv1d weights mean.
+    reference = torch.nn.functional.glu(module.pointwise_in(module.layer_norm(x).permute(1, 2, 0)), dim=1)
+    reference = reference.masked_fill(padding[:, None, :], 0.0)
+    reference = module.pointwise_out(torch.nn.functional.silu(module.batch_norm(module.depthwise(reference))))
+    torch.testing.assert_close(module(x, padding), reference.permute(2, 0, 1))
 
 
 def test_global_feature_norm_keeps_the_step_level_that_layer_norm_removes():
