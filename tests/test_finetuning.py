@@ -149,6 +149,27 @@ def test_consistency_weight_zero_means_one_pass_and_no_term(multilabel):
     assert torch.isfinite(loss) and torch.isfinite(loss2)
 
 
+@pytest.mark.parametrize("multilabel", [True, False])
+def test_a_padded_fine_tuning_step_never_reads_a_value_from_the_device(monkeypatch, multilabel):
+    """On fake tensors, which hold shapes but no values, anything that needs a value on the host (a host-device
+    sync on a GPU) raises. Jitter, time masks, mixup, both passes of the consistency loss and the backward pass."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from fairseq_logmel_conformer.criterions import logmel_consistency
+
+    # On the CPU the criterion reads the loss to report a non-finite one: free there, skipped on a GPU.
+    monkeypatch.setattr(logmel_consistency, "report_nonfinite_loss", lambda *args: False)
+    model = classifier(multilabel=multilabel).train()
+    criterion = LogmelConsistencyCriterion(LogmelConsistencyConfig(consistency_weight=2.0), _Task(multilabel))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        source = torch.randn(3, 32000)
+        padding_mask = torch.arange(32000)[None, :] >= torch.tensor([32000, 24000, 9000])[:, None]
+        target = torch.eye(3)
+        loss, sample_size, _ = criterion(model, {"net_input": {"source": source, "padding_mask": padding_mask}, "target": target, "id": torch.arange(3)})
+        loss.backward()
+    assert loss.shape == () and sample_size == 3
+
+
 def test_eval_pass_hands_scores_to_the_task():
     model = classifier().eval()
     target = torch.tensor([[1.0, 0, 1.0]])

@@ -133,7 +133,7 @@ class LogmelConformerModel(BaseFairseqModel):
     @staticmethod
     def attention_padding(step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         # Without a mask, scaled_dot_product_attention may take the flash kernel. The check costs one sync:
-        # worth it for callers that pass an all-False mask, not in pre-training, whose collater drops one.
+        # worth it for inference callers that pass an all-False mask, not in training, whose collater drops one.
         if step_padding is None or not bool(step_padding.any()):
             return None
         return step_padding
