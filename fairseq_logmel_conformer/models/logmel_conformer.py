@@ -119,9 +119,7 @@ class LogmelConformerModel(BaseFairseqModel):
             time_mask = compute_span_mask(lengths, steps, self.cfg.mask_prob, self.cfg.mask_length)
             mask_bound = max_masked_steps(steps, self.cfg.mask_prob, self.cfg.mask_length)
             inputs = torch.where(time_mask[..., None], self.mask_embedding.to(latents.dtype), latents)
-        # The mask as it is, not attention_padding: in training the collater already drops the mask of a batch
-        # without padding, and checking for an all-False one would cost a host-device sync on every padded batch.
-        context = self.context_encoder(inputs, step_padding)
+        context = self.context_encoder(inputs, self.attention_padding(step_padding))
         return {
             "context": context,
             "targets": latents,
@@ -130,11 +128,12 @@ class LogmelConformerModel(BaseFairseqModel):
             "padding_mask": step_padding,
         }
 
-    @staticmethod
-    def attention_padding(step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        # Without a mask, scaled_dot_product_attention may take the flash kernel. The check costs one sync:
-        # worth it for inference callers that pass an all-False mask, not in training, whose collater drops one.
-        if step_padding is None or not bool(step_padding.any()):
+    def attention_padding(self, step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The (B, T') padding mask attention gets: None for an all-False one in inference, so that
+        scaled_dot_product_attention may take the flash kernel; as it is in training, whose collater already
+        drops the mask of a batch without padding, and where the check would cost a host-device sync on every
+        padded batch."""
+        if step_padding is None or (not self.training and not bool(step_padding.any())):
             return None
         return step_padding
 

@@ -112,10 +112,7 @@ class LogmelConformerClassifier(BaseFairseqModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             frames, frame_lengths = self._augmented_logmel(source, lengths)
             latents, step_padding = self.encoder.encode_frames(frames, frame_lengths)
-            # In training, the mask as it is: the collater drops the mask of a batch without padding, and checking
-            # for an all-False one would cost a host-device sync per padded batch. Inference keeps the check.
-            attention_mask = step_padding if self.training else self.encoder.attention_padding(step_padding)
-            features = self.encoder.context_encoder(latents, attention_mask, project=False)
+            features = self.encoder.context_encoder(latents, self.encoder.attention_padding(step_padding), project=False)
         return self.dropout(features), step_padding
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:
