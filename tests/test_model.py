@@ -1,4 +1,5 @@
 """The pre-training model: parameter counts, shapes, masking, distractors, loss, gradients, padding invariance."""
+import copy
 import os
 
 import pytest
@@ -106,17 +107,28 @@ def test_batched_forward_equals_per_clip_forward_in_eval_mode(feature_norm):
         torch.testing.assert_close(clip_embeddings[1], model.clip_embedding(clips[1][None])[0], atol=1e-4, rtol=1e-4)
 
 
-def test_convolution_module_computes_the_1x1_convolutions_its_weights_define():
+@pytest.mark.parametrize("training", [False, True])
+def test_convolution_module_computes_the_convolutions_its_weights_define(training):
     torch.manual_seed(0)
-    module = MaskedConvolutionModule(dim=16, kernel_size=5, dropout=0.0).eval()
+    module = MaskedConvolutionModule(dim=16, kernel_size=5, dropout=0.0).train(training)
+    with torch.no_grad():
+        module.depthwise.bias.normal_()
+        module.batch_norm.running_mean.normal_()
+    reference_module = copy.deepcopy(module)
     x = torch.randn(9, 3, 16)
     padding = torch.zeros(3, 9, dtype=torch.bool)
     padding[1, 6:] = True
     # The (B, D, T) convolution form of the same layers: what checkpoints' Conv1d weights mean.
-    reference = torch.nn.functional.glu(module.pointwise_in(module.layer_norm(x).permute(1, 2, 0)), dim=1)
+    reference = torch.nn.functional.glu(reference_module.pointwise_in(reference_module.layer_norm(x).permute(1, 2, 0)), dim=1)
     reference = reference.masked_fill(padding[:, None, :], 0.0)
-    reference = module.pointwise_out(torch.nn.functional.silu(module.batch_norm(module.depthwise(reference))))
-    torch.testing.assert_close(module(x, padding), reference.permute(2, 0, 1))
+    reference = torch.nn.functional.silu(reference_module.batch_norm(reference_module.depthwise(reference)))
+    reference = reference_module.pointwise_out(reference)
+    output = module(x, padding)
+    assert output.is_contiguous()
+    torch.testing.assert_close(output, reference.permute(2, 0, 1))
+    # Training updates batch norm's running statistics exactly as the (B, D, T) form does.
+    torch.testing.assert_close(module.batch_norm.running_var, reference_module.batch_norm.running_var)
+    torch.testing.assert_close(module.batch_norm.running_mean, reference_module.batch_norm.running_mean)
 
 
 def test_global_feature_norm_keeps_the_step_level_that_layer_norm_removes():
