@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.criterions.logmel_contrastive import contrastive_logits
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
-from fairseq_logmel_conformer.modules.conformer import MaskedConvolutionModule
+from fairseq_logmel_conformer.modules.conformer import ConvFirstConformerLayer, MaskedConvolutionModule
 from fairseq_logmel_conformer.modules.frontend import StackedFeatureEncoder
 from fairseq_logmel_conformer.modules.masking import (
     compute_span_mask,
@@ -129,6 +129,24 @@ def test_convolution_module_computes_the_convolutions_its_weights_define(trainin
     # Training updates batch norm's running statistics exactly as the (B, D, T) form does.
     torch.testing.assert_close(module.batch_norm.running_var, reference_module.batch_norm.running_var)
     torch.testing.assert_close(module.batch_norm.running_mean, reference_module.batch_norm.running_mean)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_self_attention_computes_what_its_multihead_attention_weights_define(padded):
+    torch.manual_seed(0)
+    layer = ConvFirstConformerLayer(dim=16, ffn_dim=32, num_heads=4, kernel_size=5, dropout=0.5).eval()
+    x = torch.randn(9, 3, 16, requires_grad=True)
+    padding = torch.zeros(3, 9, dtype=torch.bool)
+    padding[1, 6:] = True
+    padding = padding if padded else None
+    reference, _ = layer.self_attn(x, x, x, key_padding_mask=padding, need_weights=False)
+    output = layer.self_attention(x, padding)
+    torch.testing.assert_close(output, reference)
+    weights = [x, layer.self_attn.in_proj_weight, layer.self_attn.out_proj.weight]
+    for mine, theirs in zip(torch.autograd.grad(output.square().sum(), weights), torch.autograd.grad(reference.square().sum(), weights)):
+        torch.testing.assert_close(mine, theirs)
+    # In training, the attention weights' dropout applies.
+    assert not torch.allclose(layer.train().self_attention(x, padding), reference)
 
 
 def test_global_feature_norm_keeps_the_step_level_that_layer_norm_removes():

@@ -63,13 +63,26 @@ class ConvFirstConformerLayer(ConformerLayer):
         """(T, B, D) -> (T, B, D); padding_mask (B, T), True at padding."""
         x = x + 0.5 * self.ffn1(x)
         x = x + self.conv_module(x, padding_mask)
-        residual = x
-        x = self.self_attn_layer_norm(x)
-        # need_weights=False lets nn.MultiheadAttention take the fused scaled_dot_product_attention path.
-        x, _ = self.self_attn(x, x, x, key_padding_mask=padding_mask, need_weights=False)
-        x = residual + self.self_attn_dropout(x)
+        x = x + self.self_attn_dropout(self.self_attention(self.self_attn_layer_norm(x), padding_mask))
         x = x + 0.5 * self.ffn2(x)
         return self.final_layer_norm(x)
+
+    def self_attention(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """(T, B, D) -> (T, B, D): ``self_attn``'s weights and dropout, fused scaled-dot-product attention.
+
+        What ``nn.MultiheadAttention`` computes, without its copies: it makes the
+        packed q, k, v projection contiguous and takes three slices of it, whose
+        backward fills three zero tensors of the projection's size and adds them.
+        Here q, k and v stay strided views of the projection.
+        """
+        steps, batch, dim = x.shape
+        heads = self.self_attn.num_heads
+        packed = nn.functional.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)
+        query, key, value = packed.view(steps, batch, 3, heads, dim // heads).permute(2, 1, 3, 0, 4).unbind(0)
+        attend = None if padding_mask is None else ~padding_mask[:, None, None, :]
+        dropout = self.self_attn.dropout if self.training else 0.0
+        x = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attend, dropout_p=dropout)
+        return self.self_attn.out_proj(x.permute(2, 0, 1, 3).reshape(steps, batch, dim))
 
 
 class ConformerContextEncoder(nn.Module):
