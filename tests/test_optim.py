@@ -1,6 +1,7 @@
 """logmel_adamw: fairseq's Adam update, fused."""
 import pytest
 import torch
+from fairseq import utils
 from fairseq.optim.adam import Adam
 from omegaconf import OmegaConf
 
@@ -39,6 +40,23 @@ def test_is_fused_and_takes_fairseqs_learning_rate_schedule():
     optimizer.step()
     # Adam's first step moves each weight by lr (times sign of the gradient).
     torch.testing.assert_close(param.detach(), torch.full((3,), -0.5), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("max_norm", [0.0, 1.0, 1e6])
+def test_clips_gradients_like_fairseq(max_norm):
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7)), torch.nn.Parameter(torch.randn(2))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours[:2], theirs[:2]):
+        a.grad = torch.randn_like(a)
+        b.grad = a.grad.clone()
+    halved = lambda norm: norm / 2  # stands in for fairseq's model-parallel reduction of the norm
+    total = make_optimizer(ours).clip_grad_norm(max_norm, aggregate_norm_fn=halved)
+    torch.testing.assert_close(total, utils.clip_grad_norm_(theirs, max_norm, aggregate_norm_fn=halved))
+    assert total > 1.0
+    for a, b in zip(ours[:2], theirs[:2]):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert ours[2].grad is None
 
 
 def test_rejects_betas_that_are_not_a_pair():

@@ -7,11 +7,14 @@ about ten kernels per parameter: on an H100 it took 36 ms of a 123 ms cf_L bf16
 step. torch's fused AdamW updates every parameter in a few kernels, on the GPU
 and on the CPU: 5 ms of an 89 ms step (benchmarks/results/results_cuda.md).
 
+Gradient clipping likewise takes torch's multi-tensor norm instead of
+fairseq's one norm kernel per parameter (367 of them in cf_L).
+
 ``common.memory_efficient_fp16`` (fp16 weights without fp32 copies) needs
 fairseq's ``adam``, which keeps fp32 moments.
 """
 from dataclasses import dataclass, field
-from typing import List
+from typing import Callable, List, Optional
 
 import torch
 from fairseq.dataclass import FairseqDataclass
@@ -44,6 +47,18 @@ class LogmelAdamW(FairseqOptimizer):
             "eps": self.cfg.adam_eps,
             "weight_decay": self.cfg.weight_decay,
         }
+
+    def clip_grad_norm(self, max_norm: float, aggregate_norm_fn: Optional[Callable] = None) -> torch.Tensor:
+        """fairseq's clipping: the gradients' total 2-norm, and if ``max_norm`` > 0 their scaling to at most it."""
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return torch.tensor(0.0)
+        total_norm = torch.nn.utils.get_total_norm(grads)
+        if aggregate_norm_fn is not None:
+            total_norm = aggregate_norm_fn(total_norm)
+        if max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.params, max_norm, total_norm)
+        return total_norm
 
     @property
     def supports_flat_params(self) -> bool:
