@@ -149,6 +149,20 @@ def test_self_attention_computes_what_its_multihead_attention_weights_define(pad
     assert not torch.allclose(layer.train().self_attention(x, padding), reference)
 
 
+def test_every_block_works_on_contiguous_activations():
+    """A strided (T, B, D) view anywhere in the blocks makes each op after it copy its input first."""
+    model = tiny_model().train()
+    strided = []
+    for name, module in model.context_encoder.named_modules():
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.Linear)):
+            module.register_forward_pre_hook(lambda _, args, name=name: None if args[0].is_contiguous() else strided.append(name))
+    source = torch.randn(2, 16000)
+    padding = torch.zeros(2, 16000, dtype=torch.bool)
+    padding[1, 12000:] = True
+    model(source, padding_mask=padding)
+    assert model.context_encoder.layers and not strided
+
+
 def test_global_feature_norm_keeps_the_step_level_that_layer_norm_removes():
     frames = torch.randn(2, 40, 64)
     louder = frames + 4.6  # the same sound 10x louder: +ln(100) in every bin of a power log-mel

@@ -41,7 +41,8 @@ class MaskedConvolutionModule(nn.Module):
         x = nn.functional.linear(self.layer_norm(x), self.pointwise_in.weight[:, :, 0], self.pointwise_in.bias)
         x = nn.functional.glu(x, dim=-1)
         if padding_mask is not None:
-            x = x.masked_fill(padding_mask.t()[:, :, None], 0.0)
+            # In place: GLU's backward reads its input, not this fresh output.
+            x.masked_fill_(padding_mask.t()[:, :, None], 0.0)
         steps, batch, dim = x.shape
         image = x[None].permute(0, 3, 1, 2)
         x = nn.functional.conv2d(
@@ -78,7 +79,7 @@ class ConvFirstConformerLayer(ConformerLayer):
         steps, batch, dim = x.shape
         heads = self.self_attn.num_heads
         packed = nn.functional.linear(x, self.self_attn.in_proj_weight, self.self_attn.in_proj_bias)
-        query, key, value = packed.view(steps, batch, 3, heads, dim // heads).permute(2, 1, 3, 0, 4).unbind(0)
+        query, key, value = packed.reshape(steps, batch, 3, heads, dim // heads).permute(2, 1, 3, 0, 4).unbind(0)
         attend = None if padding_mask is None else ~padding_mask[:, None, None, :]
         dropout = self.self_attn.dropout if self.training else 0.0
         x = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attend, dropout_p=dropout)
@@ -104,13 +105,13 @@ class ConformerContextEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, project: bool = True) -> torch.Tensor:
         """(B, T, in_dim) -> (B, T, in_dim), or (B, T, dim) when ``project`` is False."""
-        x = self.proj_in(x).transpose(0, 1)
+        # Contiguous (T, B, D) from the start: a transposed view would make the first block's ops copy it, one by one.
+        x = self.proj_in(x.transpose(0, 1).contiguous())
         for layer in self.layers:
             x = layer(x, padding_mask)
-        x = x.transpose(0, 1)
-        if not project:
-            return x
-        # A None check TorchScript can resolve: fine-tuned encoders drop proj_out (remove_pretraining_modules).
-        if self.proj_out is None:
-            raise ValueError("this encoder's projection back to the latent space was removed for fine-tuning: call it with project=False")
-        return self.proj_out(x)
+        if project:
+            # A None check TorchScript can resolve: fine-tuned encoders drop proj_out (remove_pretraining_modules).
+            if self.proj_out is None:
+                raise ValueError("this encoder's projection back to the latent space was removed for fine-tuning: call it with project=False")
+            x = self.proj_out(x)
+        return x.transpose(0, 1)
