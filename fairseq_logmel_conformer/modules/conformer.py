@@ -38,7 +38,7 @@ class MaskedConvolutionModule(nn.Module):
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """(T, B, D) -> (T, B, D); padding_mask (B, T), True at padding."""
-        x = nn.functional.linear(self.layer_norm(x), self.pointwise_in.weight[:, :, 0], self.pointwise_in.bias)
+        x = nn.functional.linear(self.layer_norm(x), self.pointwise_in.weight.squeeze(2), self.pointwise_in.bias)
         x = nn.functional.glu(x, dim=-1)
         if padding_mask is not None:
             # In place: GLU's backward reads its input, not this fresh output.
@@ -49,7 +49,7 @@ class MaskedConvolutionModule(nn.Module):
             image, self.depthwise.weight[:, :, :, None], self.depthwise.bias, padding=(self.depthwise.padding[0], 0), groups=dim
         )
         x = nn.functional.silu(self.batch_norm(x.permute(0, 2, 3, 1).reshape(steps * batch, dim)))
-        x = nn.functional.linear(x, self.pointwise_out.weight[:, :, 0], self.pointwise_out.bias)
+        x = nn.functional.linear(x, self.pointwise_out.weight.squeeze(2), self.pointwise_out.bias)
         return self.dropout(x.view(steps, batch, dim))
 
 
