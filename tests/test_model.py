@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torchaudio.models.conformer import ConformerLayer
 
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.criterions.logmel_contrastive import contrastive_logits
@@ -147,6 +148,28 @@ def test_self_attention_computes_what_its_multihead_attention_weights_define(pad
         torch.testing.assert_close(mine, theirs)
     # In training, the attention weights' dropout applies.
     assert not torch.allclose(layer.train().self_attention(x, padding), reference)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_an_unpadded_block_computes_torchaudios_convolution_first_conformer_layer(training):
+    """Without padding the blocks' own layouts, attention call and residual adds change nothing: same weights, same outputs."""
+    torch.manual_seed(0)
+    reference = ConformerLayer(16, 32, 4, 5, dropout=0.0, convolution_first=True).train(training)
+    layer = ConvFirstConformerLayer(dim=16, ffn_dim=32, num_heads=4, kernel_size=5, dropout=0.0).train(training)
+    their_names = {"pointwise_in": "sequential.0", "depthwise": "sequential.2", "batch_norm": "sequential.3", "pointwise_out": "sequential.5"}
+    weights = reference.state_dict()
+    weights["conv_module.sequential.3.running_mean"].normal_()
+    weights["conv_module.sequential.3.running_var"].uniform_(0.5, 2.0)
+    renamed = {}
+    for key in layer.state_dict():
+        module, _, rest = key.partition(".")
+        sub, _, leaf = rest.partition(".")
+        renamed[key] = weights[f"conv_module.{their_names[sub]}.{leaf}" if module == "conv_module" and sub in their_names else key]
+    layer.load_state_dict(renamed)
+    x = torch.randn(9, 3, 16, requires_grad=True)
+    output, expected = layer(x, None), reference(x, None)
+    torch.testing.assert_close(output, expected)
+    torch.testing.assert_close(torch.autograd.grad(output.square().sum(), x)[0], torch.autograd.grad(expected.square().sum(), x)[0])
 
 
 def test_every_block_works_on_contiguous_activations():

@@ -62,10 +62,11 @@ class ConvFirstConformerLayer(ConformerLayer):
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
         """(T, B, D) -> (T, B, D); padding_mask (B, T), True at padding."""
-        x = x + 0.5 * self.ffn1(x)
+        # Half-step FFN residuals as one add each: scaling by 0.5 is exact, so this is x + 0.5 * ffn(x) to the bit.
+        x = torch.add(x, self.ffn1(x), alpha=0.5)
         x = x + self.conv_module(x, padding_mask)
         x = x + self.self_attn_dropout(self.self_attention(self.self_attn_layer_norm(x), padding_mask))
-        x = x + 0.5 * self.ffn2(x)
+        x = torch.add(x, self.ffn2(x), alpha=0.5)
         return self.final_layer_norm(x)
 
     def self_attention(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
