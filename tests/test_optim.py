@@ -59,6 +59,12 @@ def test_clips_gradients_like_fairseq(max_norm):
     assert ours[2].grad is None
 
 
+def test_clipping_without_gradients_reports_a_zero_norm_on_the_parameters_device():
+    param = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    total = make_optimizer([param]).clip_grad_norm(1.0)
+    assert total.item() == 0.0 and total.dtype == utils.clip_grad_norm_([param], 1.0).dtype == torch.float64
+
+
 def test_rejects_betas_that_are_not_a_pair():
     with pytest.raises(ValueError, match=r"two values, got \[0.9\]"):
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], adam_betas=[0.9])

@@ -50,14 +50,16 @@ class LogmelAdamW(FairseqOptimizer):
 
     def clip_grad_norm(self, max_norm: float, aggregate_norm_fn: Optional[Callable] = None) -> torch.Tensor:
         """fairseq's clipping: the gradients' total 2-norm, and if ``max_norm`` > 0 their scaling to at most it."""
-        grads = [p.grad for p in self.params if p.grad is not None]
+        params = list(self.params)
+        grads = [p.grad for p in params if p.grad is not None]
         if not grads:
-            return torch.tensor(0.0)
+            # On the parameters' device, as fairseq's: the trainer all-reduces the norm across workers.
+            return params[0].new_tensor(0.0) if params else torch.tensor(0.0)
         total_norm = torch.nn.utils.get_total_norm(grads)
         if aggregate_norm_fn is not None:
             total_norm = aggregate_norm_fn(total_norm)
         if max_norm > 0:
-            torch.nn.utils.clip_grads_with_norm_(self.params, max_norm, total_norm)
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
         return total_norm
 
     @property
