@@ -4,7 +4,7 @@
         --unlabeled-dir ../shared/data/unlabeled --work-dir /tmp/esc50_bench \\
         [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
         [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other] \\
-        [--pretrain-fraction F] [--model-override KEY=VALUE ...] [--pretrain-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
+        [--pretrain-fraction F] [--model-override KEY=VALUE ...] [--pretrain-override KEY=VALUE ...] [--finetune-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
         [--device cpu|cuda] [--precision fp32|fp16|bf16] [--threads 1] [--jobs N]
 
 Every step runs the project's own command lines, so the numbers describe what
@@ -223,6 +223,7 @@ def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoi
         # rather than every epoch (ten runs on one GPU would write gigabytes each epoch).
         "checkpoint.save_interval=1000000", f"checkpoint.save_interval_updates={max(1, args.finetune_updates // 4)}",
         "checkpoint.keep_interval_updates=1", f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
+        *args.finetune_override,
     ]
 
 
@@ -230,7 +231,8 @@ def finetune_setting(args: argparse.Namespace) -> str:
     setting = f"u{args.finetune_updates}_lr{args.finetune_lr or 'config'}"
     setting += "" if args.precision == "fp32" else f"_{args.precision}"
     setting += f"_freeze{args.freeze_encoder_updates}" if args.freeze_encoder_updates else ""
-    return setting + (f"_trainfrac{args.finetune_train_fraction:g}" if args.finetune_train_fraction < 1 else "")
+    setting += f"_trainfrac{args.finetune_train_fraction:g}" if args.finetune_train_fraction < 1 else ""
+    return setting + "".join("_" + slug(override) for override in args.finetune_override)
 
 
 def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> str:
@@ -341,6 +343,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="both arms fine-tune on this fraction (0-1] of each fold's training clips, covering every class and drawn "
         "from the fine-tuning seed (task.train_fraction): fewer labels",
     )
+    parser.add_argument(
+        "--finetune-override", nargs="+", default=[], metavar="KEY=VALUE",
+        help="extra Hydra overrides of both arms' fine-tuning commands, e.g. model.reinit_last_blocks=2",
+    )
     parser.add_argument("--seed", type=int, default=1, help="common.seed of pre-training (and of fine-tuning, unless --finetune-seeds)")
     parser.add_argument("--finetune-seeds", type=int, nargs="+", help="fine-tune both arms once per seed (default: --seed); the summary averages all runs")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where pre-training, fine-tuning and evaluation run")
@@ -355,7 +361,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="fine-tuning runs (fold x seed x arm) at a time, one process each: 2 runs the two arms of a fold together; "
         "one GPU, which a single run leaves mostly idle, took 10 (five folds x two arms)",
     )
-    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>[_<model overrides>]_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_ptseed<seed>][_seeds<...>])")
+    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>[_<model overrides>]_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_<overrides>][_ptseed<seed>][_seeds<...>])")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")

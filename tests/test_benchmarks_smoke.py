@@ -155,7 +155,7 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
     assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
-    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"], ["--finetune-train-fraction", "0.25"], ["--precision", "bf16"]]
+    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"], ["--finetune-train-fraction", "0.25"], ["--finetune-override", "model.reinit_last_blocks=2"], ["--precision", "bf16"]]
     changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"], ["--pretrain-fraction", "0.5"]]
     for arm in ("pretrained", "scratch"):
         variants = [finetune_dir(args, 1, 2, arm), finetune_dir(args, 2, 1, arm)]
@@ -175,6 +175,8 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     assert all("task.train_fraction=0.25" in finetune_command(fewer_labels, "fold1", "run", checkpoint, seed=1) for checkpoint in (None, "checkpoint.pt"))
     with pytest.raises(SystemExit):
         parse_args(common + ["--finetune-train-fraction", "0"])
+    restarted = parse_args(common + ["--finetune-override", "model.reinit_last_blocks=2"])
+    assert all(finetune_command(restarted, "fold1", "run", checkpoint, seed=1)[-1] == "model.reinit_last_blocks=2" for checkpoint in (None, "checkpoint.pt"))
     # Device and precision are the same in pre-training and both arms.
     gpu = parse_args(common + ["--device", "cuda", "--precision", "bf16"])
     for gpu_command in (pretrain_command(gpu, "manifests", "out"), *(finetune_command(gpu, "fold1", "run", c, seed=1) for c in (None, "checkpoint.pt"))):

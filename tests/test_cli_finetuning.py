@@ -102,18 +102,22 @@ def test_finetune_from_scratch_and_reload_without_the_data(tmp_path, labelled_co
     np.testing.assert_allclose(probs.sum(-1).numpy(), 1.0, rtol=1e-5)
 
 
-def test_finetune_loads_the_pretrained_encoder_keeps_its_config_and_can_freeze_it(tmp_path, labelled_corpus, pretrained_checkpoint):
+def test_finetune_loads_the_pretrained_encoder_keeps_its_config_can_freeze_it_and_restart_its_last_blocks(tmp_path, labelled_corpus, pretrained_checkpoint):
     workdir = str(tmp_path)
     hydra_train(
         "finetune_esc50", workdir, f"task.data={labelled_corpus}", f"model.pretrained_path={pretrained_checkpoint}",
-        "model.freeze_encoder_updates=100", "optimization.max_update=4", "dataset.batch_size=4", "dataset.num_workers=0",
+        "model.freeze_encoder_updates=100", "model.reinit_last_blocks=1",
+        "optimization.max_update=4", "dataset.batch_size=4", "dataset.num_workers=0",
     )
     import torch
 
     pretrained = torch.load(pretrained_checkpoint, weights_only=False)
     finetuned = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", weights_only=False)
     assert finetuned["cfg"]["model"]["encoder"] == pretrained["cfg"]["model"]
-    # Frozen for the first 100 updates: after 4, the encoder's weights are exactly the pre-trained ones.
+    # Frozen for the first 100 updates: after 4, the encoder's weights are exactly the pre-trained ones,
+    # but for the last of pretrain_tiny's two blocks, which model.reinit_last_blocks=1 restarts from random weights.
     for key in ("context_encoder.layers.0.ffn1.sequential.1.weight", "feature_encoder.proj.weight", "context_encoder.proj_in.bias"):
         torch.testing.assert_close(finetuned["model"][f"encoder.{key}"], pretrained["model"][key], rtol=0, atol=0)
+    restarted = "context_encoder.layers.1.ffn1.sequential.1.weight"
+    assert not torch.allclose(finetuned["model"][f"encoder.{restarted}"], pretrained["model"][restarted], atol=1e-3)
     assert finetuned["model"]["head.weight"].shape == (5, 64)

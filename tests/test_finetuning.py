@@ -11,16 +11,17 @@ from fairseq_logmel_conformer.data.labelled_dataset import LabelledAudioDataset
 from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
 from fairseq_logmel_conformer.data.manifest_dataset import ManifestAudioDataset
 from fairseq_logmel_conformer.metrics import compute_metrics
-from fairseq_logmel_conformer.models.logmel_conformer_classifier import LogmelConformerClassifier, LogmelConformerClassifierConfig
+from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerModel
+from fairseq_logmel_conformer.models.logmel_conformer_classifier import LogmelConformerClassifier, LogmelConformerClassifierConfig, encoder_config
 from fairseq_logmel_conformer.tasks.labelled_audio import ClipScoreMeter
 
 TINY_ENCODER = {"_name": "logmel_conformer", "encoder_dim": 32, "encoder_layers": 1, "encoder_heads": 4, "encoder_ffn_dim": 64, "first_kernel_size": 7}
 
 
-def classifier(pooling="mean", multilabel=True, **overrides) -> LogmelConformerClassifier:
+def classifier(pooling="mean", multilabel=True, encoder=TINY_ENCODER, **overrides) -> LogmelConformerClassifier:
     torch.manual_seed(0)
     cfg = OmegaConf.structured(
-        LogmelConformerClassifierConfig(sample_rate=16000, encoder=TINY_ENCODER, pooling=pooling, class_names=["a", "b", "c"], multilabel=multilabel, **overrides)
+        LogmelConformerClassifierConfig(sample_rate=16000, encoder=encoder, pooling=pooling, class_names=["a", "b", "c"], multilabel=multilabel, **overrides)
     )
     return LogmelConformerClassifier(cfg)
 
@@ -110,6 +111,25 @@ def test_frozen_encoder_gets_no_gradient_until_the_given_update():
     model.set_num_updates(10)
     model(torch.randn(2, 16000))["logits"].sum().backward()
     assert all(p.grad is not None for p in model.parameters()), "every parameter is used: none would stall DDP"
+
+
+def test_reinit_last_blocks_loads_the_others_and_starts_those_where_a_scratch_run_starts():
+    two_blocks = dict(TINY_ENCODER, encoder_layers=2)
+    pretrained = LogmelConformerModel(encoder_config(OmegaConf.structured(LogmelConformerClassifierConfig(sample_rate=16000, encoder=two_blocks))))
+    with torch.no_grad():
+        for parameter in pretrained.parameters():
+            parameter.add_(1.0)
+    scratch = classifier(encoder=two_blocks).encoder.state_dict()
+    model = classifier(encoder=two_blocks, reinit_last_blocks=1)
+    model.load_encoder_weights(pretrained.state_dict())
+    for name, value in model.encoder.state_dict().items():
+        expected = scratch[name] if name.startswith("context_encoder.layers.1.") else pretrained.state_dict()[name]
+        torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
+
+
+def test_reinit_last_blocks_cannot_exceed_the_encoders_blocks():
+    with pytest.raises(ValueError, match="model.reinit_last_blocks=2, but the encoder has 1 blocks"):
+        classifier(reinit_last_blocks=2)
 
 
 def test_encoder_sample_rate_must_match_the_task():

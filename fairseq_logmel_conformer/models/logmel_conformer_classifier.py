@@ -1,4 +1,5 @@
 """``logmel_conformer_classifier``: the pre-trained conformer fine-tuned with a pooling head (paper Sec. 3-4)."""
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -24,6 +25,14 @@ class LogmelConformerClassifierConfig(FairseqDataclass):
     pooling: POOLING_CHOICES = field(default="mean", metadata={"help": "mean: mean of frame embeddings then a linear layer; linear_softmax: frame-level sigmoid probabilities pooled as sum(p^2)/sum(p) (AudioSet)"})
     encoder_output_dropout: float = field(default=0.0, metadata={"help": "dropout on the encoder output before the head (regularises small datasets)"})
     freeze_encoder_updates: int = field(default=0, metadata={"help": "train only the head for this many updates, then the whole encoder"})
+    reinit_last_blocks: int = field(
+        default=0,
+        metadata={
+            "help": "start the last N conformer blocks from random weights instead of pretrained_path's: the blocks next "
+            "to the contrastive head learn to predict its targets and can transfer worse than random ones (Pasad et al., "
+            "2021, for wav2vec 2.0; benchmarks/results/esc50_findings.md). No effect when training from scratch"
+        },
+    )
     jitter_samples: int = field(default=200, metadata={"help": "training: shift each waveform by a random integer in [-jitter_samples, jitter_samples] (0: off)"})
     time_mask_fraction: float = field(default=0.2, metadata={"help": "training: one SpecAugment time mask of up to this fraction of the clip (2 s per 10 s; 0: off)"})
     mixup_alpha: float = field(default=0.5, metadata={"help": "training: mix log-mels within the batch with weight max(a, 1-a), a ~ Beta(alpha, alpha); labels unchanged (0: off)"})
@@ -71,6 +80,8 @@ class LogmelConformerClassifier(BaseFairseqModel):
         encoder_cfg = encoder_config(cfg)
         if encoder_cfg.sample_rate != cfg.sample_rate:
             raise ValueError(f"the encoder was pre-trained at {encoder_cfg.sample_rate} Hz but the task reads audio at {cfg.sample_rate} Hz")
+        if not 0 <= cfg.reinit_last_blocks <= encoder_cfg.encoder_layers:
+            raise ValueError(f"model.reinit_last_blocks={cfg.reinit_last_blocks}, but the encoder has {encoder_cfg.encoder_layers} blocks")
         self.cfg = cfg
         self.class_names = list(cfg.class_names)
         self.multilabel = cfg.multilabel
@@ -85,9 +96,15 @@ class LogmelConformerClassifier(BaseFairseqModel):
         return cls(cfg)
 
     def load_encoder_weights(self, state: Dict[str, torch.Tensor]) -> None:
-        """Load a ``logmel_conformer`` state dict into the encoder, less its pre-training-only parameters."""
+        """Load a ``logmel_conformer`` state dict into the encoder, less its pre-training-only parameters and
+        its last ``reinit_last_blocks`` blocks, which keep the random weights they were built with."""
+        blocks = self.encoder.context_encoder.layers
+        # Built in the same order as a scratch run's with the same seed, these are that run's initial blocks.
+        fresh = {index: copy.deepcopy(blocks[index].state_dict()) for index in range(len(blocks) - self.cfg.reinit_last_blocks, len(blocks))}
         kept = {k: v for k, v in state.items() if not k.startswith(LogmelConformerModel.PRETRAINING_ONLY)}
         self.encoder.load_state_dict(kept)
+        for index, weights in fresh.items():
+            blocks[index].load_state_dict(weights)
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
