@@ -146,7 +146,8 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         f"Fine-tuning: `finetune_esc50`, {settings['finetune_updates']} updates per run, peak learning rate "
         f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}"
         f"seed(s) {', '.join(map(str, settings.get('finetune_seeds', [settings['seed']])))} (pre-training seed {settings['seed']}), "
-        f"{settings['threads']} thread(s) per run, {settings['jobs']} run(s) at a time, on {settings['device']} in {settings['precision']}.",
+        f"{settings['threads']} thread(s) per run, {settings['jobs']} run(s) at a time, on {settings['device']} in {settings['precision']}; "
+        f"overrides: {' '.join(f'`{o}`' for o in settings.get('finetune_override', [])) or 'none'}.",
         f"Fine-tuning time {sum(arm['finetune_train_s'] for arms in runs.values() for arm in arms.values()) / 60:.1f} min over "
         f"{sum(len(arms) for arms in runs.values())} runs (fairseq's training time, without evaluation); this command took "
         f"{settings['total_wall_s'] / 60:.1f} min wall, reusing the finished runs of its work dir.",
