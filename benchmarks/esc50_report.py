@@ -109,6 +109,10 @@ def _share(fraction: float) -> str:
     return "" if fraction == 1 else f" (a fixed random {100 * fraction:g}% of its duration)"
 
 
+def _overrides(overrides: List[str]) -> str:
+    return " ".join(f"`{override}`" for override in overrides) or "none"
+
+
 def _frozen_start(updates: int) -> str:
     return f"head alone for the first {updates} updates, " if updates else "whole model from the first update, "
 
@@ -142,12 +146,12 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         f"{pretraining['wall_s'] / 60:.1f} min wall, final contrastive accuracy on held-out unlabelled clips {_percent(last_valid)}%.",
         f"Pre-training audio: {PRETRAINING_AUDIO[settings.get('pretrain_audio', 'unlabeled')]}"
         f"{_share(settings.get('pretrain_fraction', 1.0))}, {pretraining['train_hours']:.2f} h of training clips; "
-        f"overrides: {' '.join(f'`{o}`' for o in settings.get('pretrain_override', [])) or 'none'}.",
+        f"overrides: {_overrides(settings.get('pretrain_override', []))}.",
         f"Fine-tuning: `finetune_esc50`, {settings['finetune_updates']} updates per run, peak learning rate "
         f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}"
         f"seed(s) {', '.join(map(str, settings.get('finetune_seeds', [settings['seed']])))} (pre-training seed {settings['seed']}), "
         f"{settings['threads']} thread(s) per run, {settings['jobs']} run(s) at a time, on {settings['device']} in {settings['precision']}; "
-        f"overrides: {' '.join(f'`{o}`' for o in settings.get('finetune_override', [])) or 'none'}.",
+        f"overrides: {_overrides(settings.get('finetune_override', []))}.",
         f"Fine-tuning time {sum(arm['finetune_train_s'] for arms in runs.values() for arm in arms.values()) / 60:.1f} min over "
         f"{sum(len(arms) for arms in runs.values())} runs (fairseq's training time, without evaluation); this command took "
         f"{settings['total_wall_s'] / 60:.1f} min wall, reusing the finished runs of its work dir.",
