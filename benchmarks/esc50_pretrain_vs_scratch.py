@@ -45,7 +45,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from benchmarks.common import PRECISIONS, RESULTS_DIR, precision_overrides, write_json
-from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretraining_curve, validation_curve, write_figure, write_markdown
+from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretrained_only, pretraining_curve, validation_curve, write_figure, write_markdown
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.cli.make_manifest import write_manifest
 from fairseq_logmel_conformer.data.audio import read_manifest
@@ -208,8 +208,13 @@ def pretraining_run(args: argparse.Namespace) -> str:
     return f"{pretraining_setting(args)}_seed{args.seed}"
 
 
+def finetune_overrides(args: argparse.Namespace, arm: str) -> List[str]:
+    """``--finetune-override`` as one arm takes it: the scratch arm leaves out those of how a checkpoint loads."""
+    return [override for override in args.finetune_override if arm == "pretrained" or not pretrained_only(override)]
+
+
 def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoint: Optional[str], seed: int) -> List[str]:
-    """The fine-tuning command line; both arms differ only in where the encoder comes from."""
+    """The fine-tuning command line; both arms differ only in where the encoder comes from and how it is loaded."""
     # The pre-trained arm takes the architecture, --model-override included, from its checkpoint.
     encoder = [f"model.pretrained_path={checkpoint}"] if checkpoint else [
         "model.pretrained_path=null", f"+encoder={args.config}", *(f"++model.encoder.{override}" for override in args.model_override)
@@ -223,16 +228,16 @@ def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoi
         # rather than every epoch (ten runs on one GPU would write gigabytes each epoch).
         "checkpoint.save_interval=1000000", f"checkpoint.save_interval_updates={max(1, args.finetune_updates // 4)}",
         "checkpoint.keep_interval_updates=1", f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
-        *args.finetune_override,
+        *finetune_overrides(args, "pretrained" if checkpoint else "scratch"),
     ]
 
 
-def finetune_setting(args: argparse.Namespace) -> str:
+def finetune_setting(args: argparse.Namespace, arm: str = "pretrained") -> str:
     setting = f"u{args.finetune_updates}_lr{args.finetune_lr or 'config'}"
     setting += "" if args.precision == "fp32" else f"_{args.precision}"
     setting += f"_freeze{args.freeze_encoder_updates}" if args.freeze_encoder_updates else ""
     setting += f"_trainfrac{args.finetune_train_fraction:g}" if args.finetune_train_fraction < 1 else ""
-    return setting + "".join("_" + slug(override) for override in args.finetune_override)
+    return setting + "".join("_" + slug(override) for override in finetune_overrides(args, arm))
 
 
 def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> str:
@@ -241,7 +246,7 @@ def finetune_dir(args: argparse.Namespace, fold: int, seed: int, arm: str) -> st
     The scratch arm does not depend on the pre-training, so one scratch run per fold, seed and fine-tuning
     setting serves every pre-training setting compared in the same work dir.
     """
-    runs = os.path.join(args.work_dir, args.subset, f"fold{fold}", f"{architecture(args)}_{finetune_setting(args)}_ftseed{seed}")
+    runs = os.path.join(args.work_dir, args.subset, f"fold{fold}", f"{architecture(args)}_{finetune_setting(args, arm)}_ftseed{seed}")
     return os.path.join(runs, "scratch" if arm == "scratch" else f"pretrained_{pretraining_run(args)}")
 
 
@@ -345,7 +350,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--finetune-override", nargs="+", default=[], metavar="KEY=VALUE",
-        help="extra Hydra overrides of both arms' fine-tuning commands, e.g. model.reinit_last_blocks=2",
+        help="extra Hydra overrides of both arms' fine-tuning commands, e.g. task.train_fraction=0.5; those of how a "
+        "checkpoint loads and trains (model.reinit_last_blocks, model.pretrained_lr_scale) go to the pre-trained arm "
+        "alone, and the scratch runs without them serve every value",
     )
     parser.add_argument("--seed", type=int, default=1, help="common.seed of pre-training (and of fine-tuning, unless --finetune-seeds)")
     parser.add_argument("--finetune-seeds", type=int, nargs="+", help="fine-tune both arms once per seed (default: --seed); the summary averages all runs")

@@ -17,6 +17,9 @@ from typing import Dict, List
 import numpy as np
 
 ARMS = ("pretrained", "scratch")
+# How a checkpoint is loaded and trained: a run from scratch is the same without them, so the scratch arm's command
+# and folder leave them out and one scratch run serves every value.
+PRETRAINED_ONLY_OVERRIDES = ("model.reinit_last_blocks=", "model.pretrained_lr_scale=")
 PRETRAINING_AUDIO = {
     "unlabeled": "the unlabelled folder (`--unlabeled-dir`)",
     "unlabeled+esc50-other": "the unlabelled folder and, without labels, the 1,600 ESC-50 clips outside ESC-10",
@@ -109,8 +112,18 @@ def _share(fraction: float) -> str:
     return "" if fraction == 1 else f" (a fixed random {100 * fraction:g}% of its duration)"
 
 
+def pretrained_only(override: str) -> bool:
+    return override.lstrip("+").startswith(PRETRAINED_ONLY_OVERRIDES)
+
+
 def _overrides(overrides: List[str]) -> str:
     return " ".join(f"`{override}`" for override in overrides) or "none"
+
+
+def _finetune_overrides(overrides: List[str]) -> str:
+    both = _overrides([override for override in overrides if not pretrained_only(override)])
+    loading = [override for override in overrides if pretrained_only(override)]
+    return both + (f"; pre-trained arm only: {_overrides(loading)}" if loading else "")
 
 
 def _frozen_start(updates: int) -> str:
@@ -151,7 +164,7 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         f"{settings['finetune_lr'] or 'of the config (1e-4)'}, {_frozen_start(settings.get('freeze_encoder_updates', 0))}"
         f"seed(s) {', '.join(map(str, settings.get('finetune_seeds', [settings['seed']])))} (pre-training seed {settings['seed']}), "
         f"{settings['threads']} thread(s) per run, {settings['jobs']} run(s) at a time, on {settings['device']} in {settings['precision']}; "
-        f"overrides: {_overrides(settings.get('finetune_override', []))}.",
+        f"overrides: {_finetune_overrides(settings.get('finetune_override', []))}.",
         f"Fine-tuning time {sum(arm['finetune_train_s'] for arms in runs.values() for arm in arms.values()) / 60:.1f} min over "
         f"{sum(len(arms) for arms in runs.values())} runs (fairseq's training time, without evaluation); this command took "
         f"{settings['total_wall_s'] / 60:.1f} min wall, reusing the finished runs of its work dir.",

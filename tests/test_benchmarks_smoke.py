@@ -155,7 +155,7 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     common = ["--esc50-dir", "esc50", "--unlabeled-dir", "unlabeled", "--work-dir", str(tmp_path)]
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
     assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
-    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"], ["--finetune-train-fraction", "0.25"], ["--finetune-override", "model.reinit_last_blocks=2"], ["--precision", "bf16"]]
+    changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"], ["--finetune-train-fraction", "0.25"], ["--finetune-override", "criterion.consistency_weight=0"], ["--precision", "bf16"]]
     changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"], ["--pretrain-fraction", "0.5"]]
     for arm in ("pretrained", "scratch"):
         variants = [finetune_dir(args, 1, 2, arm), finetune_dir(args, 2, 1, arm)]
@@ -167,7 +167,12 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     scratch = {finetune_dir(parse_args(common + change), 1, 1, "scratch") for change in [[]] + changes_pretraining_only}
     assert scratch == {finetune_dir(args, 1, 1, "scratch")}
     assert finetune_dir(args, 1, 1, "scratch") not in pretrained
-    tags = [default_tag(parse_args(common + change)) for change in [[], ["--finetune-seeds", "1", "2"], *changes_every_run[1:], *changes_pretraining_only]]
+    # How the checkpoint loads and trains changes nothing from scratch: one scratch run serves every value.
+    changes_loading_only = [["--finetune-override", "model.reinit_last_blocks=2"], ["--finetune-override", "model.pretrained_lr_scale=0.1"],
+                            ["--finetune-override", "model.reinit_last_blocks=2", "++model.pretrained_lr_scale=0.1"]]
+    assert len({finetune_dir(parse_args(common + change), 1, 1, "pretrained") for change in [[]] + changes_loading_only}) == 4
+    assert {finetune_dir(parse_args(common + change), 1, 1, "scratch") for change in changes_loading_only} == {finetune_dir(args, 1, 1, "scratch")}
+    tags = [default_tag(parse_args(common + change)) for change in [[], ["--finetune-seeds", "1", "2"], *changes_every_run[1:], *changes_pretraining_only, *changes_loading_only]]
     assert len(set(tags)) == len(tags)
     command = finetune_command(args, "fold1", str(tmp_path / "run"), None, seed=2)
     assert "common.seed=2" in command and "+encoder=small" in command
@@ -175,8 +180,10 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     assert all("task.train_fraction=0.25" in finetune_command(fewer_labels, "fold1", "run", checkpoint, seed=1) for checkpoint in (None, "checkpoint.pt"))
     with pytest.raises(SystemExit):
         parse_args(common + ["--finetune-train-fraction", "0"])
-    restarted = parse_args(common + ["--finetune-override", "model.reinit_last_blocks=2"])
-    assert all(finetune_command(restarted, "fold1", "run", checkpoint, seed=1)[-1] == "model.reinit_last_blocks=2" for checkpoint in (None, "checkpoint.pt"))
+    mixed = parse_args(common + ["--finetune-override", "criterion.consistency_weight=0", "model.reinit_last_blocks=2"])
+    assert finetune_command(mixed, "fold1", "run", "checkpoint.pt", seed=1)[-2:] == ["criterion.consistency_weight=0", "model.reinit_last_blocks=2"]
+    assert finetune_command(mixed, "fold1", "run", None, seed=1)[-1] == "criterion.consistency_weight=0"
+    assert finetune_dir(mixed, 1, 1, "scratch") == finetune_dir(parse_args(common + ["--finetune-override", "criterion.consistency_weight=0"]), 1, 1, "scratch")
     # Device and precision are the same in pre-training and both arms.
     gpu = parse_args(common + ["--device", "cuda", "--precision", "bf16"])
     for gpu_command in (pretrain_command(gpu, "manifests", "out"), *(finetune_command(gpu, "fold1", "run", c, seed=1) for c in (None, "checkpoint.pt"))):

@@ -12,6 +12,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II, DictConfig, OmegaConf, open_dict
 
 from ..modules.augment import mixup, temporal_jitter, time_mask
+from ..optim.logmel_adamw import set_lr_scale
 from .logmel_conformer import LogmelConformerConfig, LogmelConformerModel, masked_mean
 
 POOLING_CHOICES = ChoiceEnum(["mean", "linear_softmax"])
@@ -31,6 +32,14 @@ class LogmelConformerClassifierConfig(FairseqDataclass):
             "help": "start the last N conformer blocks from random weights instead of pretrained_path's: the blocks next "
             "to the contrastive head learn to predict its targets and can transfer worse than random ones (Pasad et al., "
             "2021, for wav2vec 2.0; benchmarks/results/esc50_findings.md). No effect when training from scratch"
+        },
+    )
+    pretrained_lr_scale: float = field(
+        default=1.0,
+        metadata={
+            "help": "learning rate of the weights loaded from pretrained_path, as a fraction of optimization.lr; the head "
+            "and the restarted blocks take the full rate (discriminative fine-tuning: a rate that trains a random "
+            "encoder overwrites a pre-trained one). Needs optimizer=logmel_adamw. No effect when training from scratch"
         },
     )
     jitter_samples: int = field(default=200, metadata={"help": "training: shift each waveform by a random integer in [-jitter_samples, jitter_samples] (0: off)"})
@@ -82,6 +91,8 @@ class LogmelConformerClassifier(BaseFairseqModel):
             raise ValueError(f"the encoder was pre-trained at {encoder_cfg.sample_rate} Hz but the task reads audio at {cfg.sample_rate} Hz")
         if not 0 <= cfg.reinit_last_blocks <= encoder_cfg.encoder_layers:
             raise ValueError(f"model.reinit_last_blocks={cfg.reinit_last_blocks}, but the encoder has {encoder_cfg.encoder_layers} blocks")
+        if not cfg.pretrained_lr_scale > 0:
+            raise ValueError(f"model.pretrained_lr_scale must be positive, got {cfg.pretrained_lr_scale} (model.freeze_encoder_updates freezes)")
         self.cfg = cfg
         self.class_names = list(cfg.class_names)
         self.multilabel = cfg.multilabel
@@ -97,14 +108,23 @@ class LogmelConformerClassifier(BaseFairseqModel):
 
     def load_encoder_weights(self, state: Dict[str, torch.Tensor]) -> None:
         """Load a ``logmel_conformer`` state dict into the encoder, less its pre-training-only parameters and
-        its last ``reinit_last_blocks`` blocks, which keep the random weights they were built with."""
+        its last ``reinit_last_blocks`` blocks, which keep the random weights they were built with.
+
+        The loaded parameters are marked to train at ``pretrained_lr_scale`` times the learning rate.
+        """
         blocks = self.encoder.context_encoder.layers
+        restarted = range(len(blocks) - self.cfg.reinit_last_blocks, len(blocks))
         # Built in the same order as a scratch run's with the same seed, these are that run's initial blocks.
-        fresh = {index: copy.deepcopy(blocks[index].state_dict()) for index in range(len(blocks) - self.cfg.reinit_last_blocks, len(blocks))}
+        fresh = {index: copy.deepcopy(blocks[index].state_dict()) for index in restarted}
         kept = {k: v for k, v in state.items() if not k.startswith(LogmelConformerModel.PRETRAINING_ONLY)}
         self.encoder.load_state_dict(kept)
         for index, weights in fresh.items():
             blocks[index].load_state_dict(weights)
+        if self.cfg.pretrained_lr_scale != 1.0:
+            restarted_parameters = {id(p) for index in restarted for p in blocks[index].parameters()}
+            for parameter in self.encoder.parameters():
+                if id(parameter) not in restarted_parameters:
+                    set_lr_scale(parameter, self.cfg.pretrained_lr_scale)
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)

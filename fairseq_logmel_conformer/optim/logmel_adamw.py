@@ -12,14 +12,41 @@ fairseq's one norm kernel per parameter (367 of them in cf_L).
 
 ``common.memory_efficient_fp16`` (fp16 weights without fp32 copies) needs
 fairseq's ``adam``, which keeps fp32 moments.
+
+Parameters marked with :func:`set_lr_scale` (fine-tuning's
+``model.pretrained_lr_scale``) train at that fraction of the scheduled rate.
 """
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
+
+
+def set_lr_scale(parameter: torch.nn.Parameter, scale: float) -> None:
+    """Train ``parameter`` at ``scale`` times the learning rate.
+
+    Kept in fairseq's ``optim_overrides`` attribute, which its mixed-precision
+    optimizer copies onto each fp32 master weight.
+    """
+    parameter.optim_overrides = {"optimizer": {"lr_scale": scale}}
+
+
+def lr_scale(parameter: torch.Tensor) -> float:
+    return getattr(parameter, "optim_overrides", {}).get("optimizer", {}).get("lr_scale", 1.0)
+
+
+def check_lr_scales(model: torch.nn.Module, optimizer: FairseqOptimizer) -> None:
+    """Raise a ``ValueError`` unless ``optimizer`` applies every learning-rate scale marked on ``model``."""
+    wanted = sorted({lr_scale(p) for p in model.parameters() if p.requires_grad})
+    applied = sorted({group.get("lr_scale", 1.0) for group in optimizer.param_groups})
+    if wanted != applied:
+        raise ValueError(
+            f"the model trains its parameters at learning-rate scales {wanted} (model.pretrained_lr_scale), but the "
+            f"optimizer applies {applied}: use optimizer=logmel_adamw, and common.fp16_no_flatten_grads=true with common.fp16"
+        )
 
 
 @dataclass
@@ -36,7 +63,11 @@ class LogmelAdamW(FairseqOptimizer):
         super().__init__(cfg)
         if len(cfg.adam_betas) != 2:
             raise ValueError(f"optimizer.adam_betas needs two values, got {list(cfg.adam_betas)}")
-        self._optimizer = torch.optim.AdamW(params, fused=True, **self.optimizer_config)
+        by_scale: Dict[float, List[torch.Tensor]] = {}
+        for param in params:
+            by_scale.setdefault(lr_scale(param), []).append(param)
+        groups = [{"params": group, "lr_scale": scale, "lr": cfg.lr[0] * scale} for scale, group in by_scale.items()]
+        self._optimizer = torch.optim.AdamW(groups, fused=True, **self.optimizer_config)
 
     @property
     def optimizer_config(self):
@@ -47,6 +78,22 @@ class LogmelAdamW(FairseqOptimizer):
             "eps": self.cfg.adam_eps,
             "weight_decay": self.cfg.weight_decay,
         }
+
+    def get_lr(self) -> float:
+        """The scheduled learning rate, which the parameters with scale 1 take."""
+        group = self.param_groups[0]
+        return group["lr"] / group["lr_scale"]
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+
+    def load_state_dict(self, state_dict: Dict, optimizer_overrides: Optional[Dict] = None) -> None:
+        # torch takes every group setting from the checkpoint: the scales stay this run's, like fairseq's overrides.
+        scales = [group["lr_scale"] for group in self.param_groups]
+        super().load_state_dict(state_dict, optimizer_overrides)
+        for group, scale in zip(self.param_groups, scales):
+            group["lr_scale"] = scale
 
     def clip_grad_norm(self, max_norm: float, aggregate_norm_fn: Optional[Callable] = None) -> torch.Tensor:
         """fairseq's clipping: the gradients' total 2-norm, and if ``max_norm`` > 0 their scaling to at most it."""

@@ -16,6 +16,7 @@ from ..data.labels import LabelVocabulary, read_label_file
 from ..data.manifest_dataset import ManifestAudioDataset
 from ..metrics import compute_metrics
 from ..models.logmel_conformer_classifier import load_pretrained_encoder
+from ..optim.logmel_adamw import check_lr_scales
 from .logmel_pretraining import LogmelPretrainingConfig, LogmelPretrainingTask
 
 
@@ -90,6 +91,7 @@ class LabelledAudioTask(LogmelPretrainingTask):
     def __init__(self, cfg: LabelledAudioConfig):
         super().__init__(cfg)
         self._vocabulary: Optional[LabelVocabulary] = None
+        self._lr_scales_checked = False
 
     @property
     def vocabulary(self) -> LabelVocabulary:
@@ -136,6 +138,13 @@ class LabelledAudioTask(LogmelPretrainingTask):
         if encoder_weights is not None:
             model.load_encoder_weights(encoder_weights)
         return model
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
+        # fairseq builds the optimizer after the model and hands it over only here.
+        if not self._lr_scales_checked:
+            check_lr_scales(model, optimizer)
+            self._lr_scales_checked = True
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)
