@@ -350,7 +350,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--finetune-override", nargs="+", default=[], metavar="KEY=VALUE",
-        help="extra Hydra overrides of both arms' fine-tuning commands, e.g. task.train_fraction=0.5; those of how a "
+        help="extra Hydra overrides of both arms' fine-tuning commands, e.g. criterion.consistency_weight=0; those of how a "
         "checkpoint loads and trains (model.reinit_last_blocks, model.pretrained_lr_scale) go to the pre-trained arm "
         "alone, and the scratch runs without them serve every value",
     )
