@@ -139,6 +139,7 @@ def test_finetune_trains_the_loaded_weights_at_pretrained_lr_scale(tmp_path, lab
 
     after_one = torch.load(f"{workdir}/checkpoints/checkpoint_1_1.pt", weights_only=False)["model"]
     after_four = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", weights_only=False)["model"]
+
     def moved(key):
         return (after_four[key] - after_one[key]).abs().mean().item()
 

@@ -2,10 +2,8 @@
 import pytest
 import torch
 from fairseq import utils
-from fairseq.optim.adam import Adam
+from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
 from omegaconf import OmegaConf
-
-from fairseq.optim.adam import FairseqAdam, FairseqAdamConfig
 
 from fairseq_logmel_conformer.optim.logmel_adamw import LogmelAdamW, LogmelAdamWConfig, check_lr_scales, set_lr_scale
 
