@@ -3,7 +3,7 @@
     python -m benchmarks.esc50_pretrain_vs_scratch --esc50-dir ../shared/data/esc50 \\
         --unlabeled-dir ../shared/data/unlabeled --work-dir /tmp/esc50_bench \\
         [--subset esc10|esc50] [--folds 1 | --folds 1 2 3 4 5] [--config small|cfS] \\
-        [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other] \\
+        [--pretrain-updates N | --pretrain-minutes M] [--pretrain-audio unlabeled|unlabeled+esc50-other|unlabeled+training-folds] \\
         [--pretrain-fraction F] [--model-override KEY=VALUE ...] [--pretrain-override KEY=VALUE ...] [--finetune-override KEY=VALUE ...] [--finetune-updates N] [--finetune-lr LR] [--finetune-seeds 1 2 3] \\
         [--device cpu|cuda] [--precision fp32|fp16|bf16] [--threads 1] [--jobs N]
 
@@ -23,7 +23,10 @@ accuracy table, the validation-accuracy curves of both arms and the
 pre-training (contrastive) accuracy curve. ``--pretrain-audio
 unlabeled+esc50-other`` adds the ESC-50 clips of the 40 classes outside ESC-10
 to the pre-training audio, without their labels (ESC-10 only, so no clip of the
-evaluated subset is ever seen in pre-training); ``--pretrain-fraction`` keeps a
+evaluated subset is ever seen in pre-training); ``unlabeled+training-folds`` adds
+the clips of the evaluated subset in the folds outside ``--folds`` (``--folds 1 2 3``:
+folds 4 and 5), in-domain audio that every evaluated fold fine-tunes on and none
+tests on, so one pre-training serves those folds; ``--pretrain-fraction`` keeps a
 fixed share of that audio's duration, for scaling studies. Audio and checkpoints stay in
 ``--work-dir``. Re-running with the same ``--work-dir`` reuses finished runs (so fine-tuning
 settings can be compared on one pre-trained checkpoint) and fairseq resumes
@@ -87,34 +90,55 @@ def training_seconds(out: str) -> Optional[float]:
     return float(re.findall(r'\[train\]\[INFO\] - \{.*"train_wall": "([0-9.]+)"', text)[-1])
 
 
+def training_folds(args: argparse.Namespace) -> List[int]:
+    """The ESC folds no evaluated fold tests on: every evaluated fold fine-tunes on their clips."""
+    return [fold for fold in range(1, 6) if fold not in args.folds]
+
+
+def pretraining_audio_name(args: argparse.Namespace) -> str:
+    """The pre-training audio as folders name it: ``--pretrain-audio``, with ``training-folds`` spelt out as the
+    subset and folds it adds (``unlabeled+esc50-folds45``), since --folds changes it."""
+    if args.pretrain_audio != "unlabeled+training-folds":
+        return args.pretrain_audio
+    return f"unlabeled+{args.subset}-folds{''.join(map(str, training_folds(args)))}"
+
+
+def added_pretraining_clips(args: argparse.Namespace) -> List[str]:
+    """File names of the ESC-50 clips that ``--pretrain-audio`` adds to the unlabelled folder, without their labels."""
+    metadata = os.path.join(args.esc50_dir, "meta", "esc50.csv")
+    if args.pretrain_audio == "unlabeled+esc50-other":
+        esc10 = {filename for _, filename, _ in read_metadata(metadata, esc10=True)[1]}
+        return [filename for _, filename, _ in read_metadata(metadata, esc10=False)[1] if filename not in esc10]
+    folds = set(training_folds(args))
+    return [filename for fold, filename, _ in read_metadata(metadata, esc10=args.subset == "esc10")[1] if fold in folds]
+
+
 def pretraining_audio_dir(args: argparse.Namespace) -> str:
-    """The folder ``logmel-manifest`` reads for pre-training: ``--unlabeled-dir``, or a folder of links to it and
-    to the ESC-50 clips outside ESC-10 (``unlabeled+esc50-other``)."""
+    """The folder ``logmel-manifest`` reads for pre-training: ``--unlabeled-dir``, or a folder of links to it and to
+    the ESC-50 clips that ``--pretrain-audio`` adds (``esc50_other/`` or, e.g., ``esc50_folds45/``)."""
     if args.pretrain_audio == "unlabeled":
         return args.unlabeled_dir
-    folder = os.path.join(args.work_dir, "pretraining_audio")
-    others = os.path.join(folder, "esc50_other")
-    os.makedirs(others, exist_ok=True)
+    name = pretraining_audio_name(args)
+    folder = os.path.join(args.work_dir, "pretraining_audio", name)
+    added = os.path.join(folder, name.split("+")[1].replace("-", "_"))
+    os.makedirs(added, exist_ok=True)
     if not os.path.lexists(os.path.join(folder, "unlabeled")):
         os.symlink(args.unlabeled_dir, os.path.join(folder, "unlabeled"))
-    metadata = os.path.join(args.esc50_dir, "meta", "esc50.csv")
-    esc10 = {filename for _, filename, _ in read_metadata(metadata, esc10=True)[1]}
-    names = [filename for _, filename, _ in read_metadata(metadata, esc10=False)[1] if filename not in esc10]
-    for name in names:
-        if not os.path.lexists(os.path.join(others, name)):
-            os.symlink(os.path.join(args.esc50_dir, "audio", name), os.path.join(others, name))
+    for filename in added_pretraining_clips(args):
+        if not os.path.lexists(os.path.join(added, filename)):
+            os.symlink(os.path.join(args.esc50_dir, "audio", filename), os.path.join(added, filename))
     return folder
 
 
 def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
     """-> {"unlabeled": pre-training manifest folder, "esc": folder holding fold1 ... fold5}."""
     folders = {
-        "unlabeled": os.path.join(args.work_dir, "manifests", args.pretrain_audio),
+        "unlabeled": os.path.join(args.work_dir, "manifests", pretraining_audio_name(args)),
         "esc": os.path.join(args.work_dir, "manifests", args.subset),
     }
     if not os.path.isfile(os.path.join(folders["unlabeled"], "train.tsv")):
         run([os.path.join(BIN_DIR, "logmel-manifest"), pretraining_audio_dir(args), "--dest", folders["unlabeled"], "--valid-percent", "0.05"],
-            args.work_dir, args.threads, os.path.join(args.work_dir, f"manifest_{args.pretrain_audio}.log"))
+            args.work_dir, args.threads, os.path.join(args.work_dir, f"manifest_{pretraining_audio_name(args)}.log"))
     if args.pretrain_fraction < 1:
         folders["unlabeled"] = subset_manifest(folders["unlabeled"], args.pretrain_fraction, f"{folders['unlabeled']}_frac{args.pretrain_fraction:g}")
     if not os.path.isfile(os.path.join(folders["esc"], "fold5", "valid.tsv")):
@@ -197,7 +221,7 @@ def pretraining_setting(args: argparse.Namespace) -> str:
     """
     budget = [f"{args.pretrain_updates}" if args.pretrain_updates else "", f"{args.pretrain_minutes:g}min" if args.pretrain_minutes else ""]
     setting = "pt" + ("-".join(part for part in budget if part) or "config")
-    setting += "" if args.pretrain_audio == "unlabeled" else f"_{args.pretrain_audio.replace('+', '_')}"
+    setting += "" if args.pretrain_audio == "unlabeled" else f"_{pretraining_audio_name(args).replace('+', '_')}"
     setting += "" if args.pretrain_fraction == 1 else f"_frac{args.pretrain_fraction:g}"
     setting += "" if args.precision == "fp32" else f"_{args.precision}"
     return setting + "".join("_" + slug(override) for override in args.pretrain_override)
@@ -321,8 +345,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--pretrain-updates", type=int, help="pre-training budget in updates (default: the config's max_update)")
     parser.add_argument("--pretrain-minutes", type=float, help="pre-training budget in wall minutes (fairseq's stop_time_hours)")
     parser.add_argument(
-        "--pretrain-audio", choices=("unlabeled", "unlabeled+esc50-other"), default="unlabeled",
-        help="pre-training audio: --unlabeled-dir, or also the ESC-50 clips outside ESC-10 without labels (--subset esc10 only)",
+        "--pretrain-audio", choices=("unlabeled", "unlabeled+esc50-other", "unlabeled+training-folds"), default="unlabeled",
+        help="pre-training audio: --unlabeled-dir; or also, without labels, the ESC-50 clips outside ESC-10 (--subset esc10 "
+        "only), or the --subset clips of the folds outside --folds (in-domain audio the evaluated folds train on, never test on)",
     )
     parser.add_argument(
         "--pretrain-fraction", type=share, default=1.0,
@@ -374,6 +399,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
         parser.error("--pretrain-audio unlabeled+esc50-other holds out only ESC-10: use it with --subset esc10")
+    if args.pretrain_audio == "unlabeled+training-folds" and len(set(args.folds)) == 5:
+        parser.error("--pretrain-audio unlabeled+training-folds adds the folds outside --folds, and --folds names all five")
     args.finetune_seeds = args.finetune_seeds or [args.seed]
     args.work_dir = os.path.abspath(args.work_dir)
     args.esc50_dir, args.unlabeled_dir = os.path.abspath(args.esc50_dir), os.path.abspath(args.unlabeled_dir)

@@ -23,6 +23,8 @@ PRETRAINED_ONLY_OVERRIDES = ("model.reinit_last_blocks=", "model.pretrained_lr_s
 PRETRAINING_AUDIO = {
     "unlabeled": "the unlabelled folder (`--unlabeled-dir`)",
     "unlabeled+esc50-other": "the unlabelled folder and, without labels, the 1,600 ESC-50 clips outside ESC-10",
+    "unlabeled+training-folds": "the unlabelled folder and, without labels, the {subset} clips of fold(s) {folds}, which every "
+    "evaluated fold fine-tunes on and none tests on",
 }
 
 # Srivastava et al. (ICASSP 2022): Table 3 (ESC-50, 5-fold accuracy, pre-trained on AudioSet without labels)
@@ -108,6 +110,13 @@ def _percent(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
+def pretraining_audio_text(settings: Dict) -> str:
+    """What the pre-training heard, for the report: ``--pretrain-audio`` in words, with the folds it added."""
+    training_folds = [fold for fold in range(1, 6) if fold not in settings["folds"]]
+    text = PRETRAINING_AUDIO[settings.get("pretrain_audio", "unlabeled")]
+    return text.format(subset=settings["subset"].upper().replace("ESC", "ESC-"), folds=", ".join(map(str, training_folds)))
+
+
 def _share(fraction: float) -> str:
     return "" if fraction == 1 else f" (a fixed random {100 * fraction:g}% of its duration)"
 
@@ -157,7 +166,7 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         "the best-epoch column is read off the validation curve and is optimistic.",
         f"Pre-training: `pretrain_{settings['config']}`, {curve['valid_updates'][-1] if curve['valid_updates'] else 0} updates, "
         f"{pretraining['wall_s'] / 60:.1f} min wall, final contrastive accuracy on held-out unlabelled clips {_percent(last_valid)}%.",
-        f"Pre-training audio: {PRETRAINING_AUDIO[settings.get('pretrain_audio', 'unlabeled')]}"
+        f"Pre-training audio: {pretraining_audio_text(settings)}"
         f"{_share(settings.get('pretrain_fraction', 1.0))}, {pretraining['train_hours']:.2f} h of training clips; "
         f"overrides: {_overrides(settings.get('pretrain_override', []))}.",
         f"Fine-tuning: `finetune_esc50`, {settings['finetune_updates']} updates per run, peak learning rate "

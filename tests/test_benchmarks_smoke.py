@@ -125,6 +125,31 @@ def test_esc_benchmark_pretraining_audio_leaves_every_esc10_clip_out(tmp_path):
         parse_args(common + ["--pretrain-audio", "unlabeled+esc50-other", "--subset", "esc50"])
 
 
+@pytest.mark.parametrize("subset, folds, added_folds", [("esc50", ["1", "2", "3"], (4, 5)), ("esc10", ["2"], (1, 3, 4, 5))])
+def test_esc_benchmark_training_fold_audio_leaves_every_evaluated_fold_out(tmp_path, subset, folds, added_folds):
+    from benchmarks.esc50_pretrain_vs_scratch import parse_args, pretraining_audio_dir
+    from benchmarks.esc50_report import pretraining_audio_text
+    from fairseq_logmel_conformer.cli.make_manifest import main as make_manifest
+    from test_prepare import make_esc50
+
+    rows, _ = make_esc50(str(tmp_path / "esc50"), missing=())
+    write_corpus(str(tmp_path / "unlabeled"), num_clips=3, seconds=1.0)
+    common = ["--esc50-dir", str(tmp_path / "esc50"), "--unlabeled-dir", str(tmp_path / "unlabeled"), "--work-dir", str(tmp_path / "work")]
+    args = parse_args(common + ["--pretrain-audio", "unlabeled+training-folds", "--subset", subset, "--folds", *folds])
+    audio = pretraining_audio_dir(args)
+    assert os.path.basename(audio) == f"unlabeled+{subset}-folds{''.join(map(str, added_folds))}"
+    assert make_manifest([audio, "--dest", str(tmp_path / "manifest"), "--valid-percent", "0", "--jobs", "1"]) == 0
+    with open(tmp_path / "manifest" / "train.tsv") as f:
+        listed = sorted(line.split("\t")[0] for line in f.read().splitlines()[1:])
+    added = f"{subset}_folds{''.join(map(str, added_folds))}"
+    in_subset = [(name, fold) for name, fold, _, _, is_esc10, _, _ in rows if is_esc10 or subset == "esc50"]
+    assert [path for path in listed if not path.startswith("unlabeled/")] == sorted(f"{added}/{name}" for name, fold in in_subset if fold in added_folds)
+    assert len([path for path in listed if path.startswith("unlabeled/")]) == 3
+    assert f"{subset.upper().replace('ESC', 'ESC-')} clips of fold(s) {', '.join(map(str, added_folds))}," in pretraining_audio_text(vars(args))
+    with pytest.raises(SystemExit):
+        parse_args(common + ["--pretrain-audio", "unlabeled+training-folds", "--folds", "1", "2", "3", "4", "5"])
+
+
 def test_esc_benchmark_pretraining_fraction_keeps_nested_shares_of_the_duration_and_the_same_valid_clips(tmp_path):
     from benchmarks.esc50_pretrain_vs_scratch import manifest_hours, parse_args, subset_manifest
     from fairseq_logmel_conformer.cli.make_manifest import write_manifest
@@ -156,7 +181,7 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     args = parse_args(common + ["--finetune-seeds", "1", "2"])
     assert args.finetune_seeds == [1, 2] and parse_args(common + ["--seed", "3"]).finetune_seeds == [3]
     changes_every_run = [[], ["--subset", "esc50"], ["--config", "cfS"], ["--model-override", "feature_norm=layer"], ["--finetune-updates", "20"], ["--finetune-train-fraction", "0.25"], ["--finetune-override", "criterion.consistency_weight=0"], ["--precision", "bf16"]]
-    changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"], ["--pretrain-fraction", "0.5"]]
+    changes_pretraining_only = [["--seed", "2"], ["--pretrain-updates", "20"], ["--pretrain-minutes", "20"], ["--pretrain-override", "criterion.temperature=0.2"], ["--pretrain-audio", "unlabeled+esc50-other"], ["--pretrain-audio", "unlabeled+training-folds"], ["--pretrain-fraction", "0.5"]]
     for arm in ("pretrained", "scratch"):
         variants = [finetune_dir(args, 1, 2, arm), finetune_dir(args, 2, 1, arm)]
         variants += [finetune_dir(parse_args(common + change), 1, 1, arm) for change in changes_every_run]
@@ -167,6 +192,9 @@ def test_esc_benchmark_runs_with_different_seeds_or_settings_never_share_a_folde
     scratch = {finetune_dir(parse_args(common + change), 1, 1, "scratch") for change in [[]] + changes_pretraining_only}
     assert scratch == {finetune_dir(args, 1, 1, "scratch")}
     assert finetune_dir(args, 1, 1, "scratch") not in pretrained
+    # Which folds pre-training adds depends on --folds: fold 1 evaluated alone or beside fold 2 pre-trains on different audio.
+    training_folds = [parse_args(common + ["--pretrain-audio", "unlabeled+training-folds", "--folds", *folds]) for folds in (["1"], ["1", "2"])]
+    assert finetune_dir(training_folds[0], 1, 1, "pretrained") != finetune_dir(training_folds[1], 1, 1, "pretrained")
     # How the checkpoint loads and trains changes nothing from scratch: one scratch run serves every value.
     changes_loading_only = [["--finetune-override", "model.reinit_last_blocks=2"], ["--finetune-override", "model.pretrained_lr_scale=0.1"],
                             ["--finetune-override", "model.reinit_last_blocks=2", "++model.pretrained_lr_scale=0.1"]]
