@@ -175,8 +175,9 @@ def write_markdown(path: str, settings: Dict, summary: Dict, pretraining: Dict, 
         f"{settings['threads']} thread(s) per run, {settings['jobs']} run(s) at a time, on {settings['device']} in {settings['precision']}; "
         f"overrides: {_finetune_overrides(settings.get('finetune_override', []))}.",
         f"Fine-tuning time {sum(arm['finetune_train_s'] for arms in runs.values() for arm in arms.values()) / 60:.1f} min over "
-        f"{sum(len(arms) for arms in runs.values())} runs (fairseq's training time, without evaluation); this command took "
-        f"{settings['total_wall_s'] / 60:.1f} min wall, reusing the finished runs of its work dir.",
+        f"{sum(len(arms) for arms in runs.values())} runs (fairseq's training time, without evaluation, summed over every run "
+        f"in the table, including those an earlier command trained); this command took {settings['total_wall_s'] / 60:.1f} min "
+        "wall, reusing the finished runs of its work dir.",
         "",
         f"![validation accuracy]({figure})",
         "",
