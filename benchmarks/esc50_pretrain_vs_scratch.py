@@ -48,7 +48,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from benchmarks.common import PRECISIONS, RESULTS_DIR, precision_overrides, write_json
-from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretrained_only, pretraining_curve, validation_curve, write_figure, write_markdown
+from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretrained_only, pretraining_curve, training_folds, validation_curve, write_figure, write_markdown
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.cli.make_manifest import write_manifest
 from fairseq_logmel_conformer.data.audio import read_manifest
@@ -90,17 +90,12 @@ def training_seconds(out: str) -> Optional[float]:
     return float(re.findall(r'\[train\]\[INFO\] - \{.*"train_wall": "([0-9.]+)"', text)[-1])
 
 
-def training_folds(args: argparse.Namespace) -> List[int]:
-    """The ESC folds no evaluated fold tests on: every evaluated fold fine-tunes on their clips."""
-    return [fold for fold in range(1, 6) if fold not in args.folds]
-
-
 def pretraining_audio_name(args: argparse.Namespace) -> str:
     """The pre-training audio as folders name it: ``--pretrain-audio``, with ``training-folds`` spelt out as the
     subset and folds it adds (``unlabeled+esc50-folds45``), since --folds changes it."""
     if args.pretrain_audio != "unlabeled+training-folds":
         return args.pretrain_audio
-    return f"unlabeled+{args.subset}-folds{''.join(map(str, training_folds(args)))}"
+    return f"unlabeled+{args.subset}-folds{''.join(map(str, training_folds(args.folds)))}"
 
 
 def added_pretraining_clips(args: argparse.Namespace) -> List[str]:
@@ -109,7 +104,7 @@ def added_pretraining_clips(args: argparse.Namespace) -> List[str]:
     if args.pretrain_audio == "unlabeled+esc50-other":
         esc10 = {filename for _, filename, _ in read_metadata(metadata, esc10=True)[1]}
         return [filename for _, filename, _ in read_metadata(metadata, esc10=False)[1] if filename not in esc10]
-    folds = set(training_folds(args))
+    folds = set(training_folds(args.folds))
     return [filename for fold, filename, _ in read_metadata(metadata, esc10=args.subset == "esc10")[1] if fold in folds]
 
 
@@ -399,7 +394,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.pretrain_audio == "unlabeled+esc50-other" and args.subset != "esc10":
         parser.error("--pretrain-audio unlabeled+esc50-other holds out only ESC-10: use it with --subset esc10")
-    if args.pretrain_audio == "unlabeled+training-folds" and len(set(args.folds)) == 5:
+    if args.pretrain_audio == "unlabeled+training-folds" and not training_folds(args.folds):
         parser.error("--pretrain-audio unlabeled+training-folds adds the folds outside --folds, and --folds names all five")
     args.finetune_seeds = args.finetune_seeds or [args.seed]
     args.work_dir = os.path.abspath(args.work_dir)

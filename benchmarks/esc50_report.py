@@ -12,7 +12,7 @@ import argparse
 import json
 import math
 import os
-from typing import Dict, List
+from typing import Dict, Iterable, List
 
 import numpy as np
 
@@ -110,11 +110,15 @@ def _percent(value: float) -> str:
     return "n/a" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
+def training_folds(evaluated: Iterable[int]) -> List[int]:
+    """The ESC folds no evaluated fold tests on: every evaluated fold fine-tunes on their clips."""
+    return [fold for fold in range(1, 6) if fold not in evaluated]
+
+
 def pretraining_audio_text(settings: Dict) -> str:
     """What the pre-training heard, for the report: ``--pretrain-audio`` in words, with the folds it added."""
-    training_folds = [fold for fold in range(1, 6) if fold not in settings["folds"]]
     text = PRETRAINING_AUDIO[settings.get("pretrain_audio", "unlabeled")]
-    return text.format(subset=settings["subset"].upper().replace("ESC", "ESC-"), folds=", ".join(map(str, training_folds)))
+    return text.format(subset=settings["subset"].upper().replace("ESC", "ESC-"), folds=", ".join(map(str, training_folds(settings["folds"]))))
 
 
 def _share(fraction: float) -> str:
