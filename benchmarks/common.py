@@ -36,6 +36,7 @@ from fairseq.dataclass.initialize import add_defaults, hydra_init
 from fairseq.dataclass.utils import omegaconf_no_object_check
 from fairseq.utils import move_to_cuda
 from omegaconf import DictConfig, OmegaConf
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fairseq_logmel_conformer.cli.make_manifest import write_manifest
 from fairseq_logmel_conformer.data.synthetic import write_dataset
@@ -318,17 +319,20 @@ class TrainingRunner:
     ``path`` is ``trainer`` (fairseq's ``Trainer.train_step``, what
     ``fairseq-hydra-train`` runs each update) or ``bare`` (:class:`BareTrainStep`).
     The batch is the first ``num_clips`` clips of ``data``'s train manifest,
-    read and collated by the task's own dataset.
+    read and collated by the task's own dataset. ``overrides`` (Hydra's
+    ``key=value``) come after the benchmark's own.
     """
 
-    def __init__(self, model: str, path: str, device: str, precision: str, data: str, num_clips: int, clip_samples: int, lr: Optional[float] = None):
+    def __init__(self, model: str, path: str, device: str, precision: str, data: str, num_clips: int, clip_samples: int,
+                 lr: Optional[float] = None, overrides: Sequence[str] = ()):
         from fairseq import tasks, utils
         from fairseq.trainer import Trainer
 
         if path not in ("trainer", "bare"):
             raise ValueError(f"path must be 'trainer' or 'bare', got {path!r}")
         self.model_name, self.path, self.device, self.precision = model, path, device, precision
-        self.cfg = load_config(model, training_overrides(data, device, precision, clip_samples, os.path.join(data, "checkpoints")))
+        checkpoints = os.path.join(data, "checkpoints")
+        self.cfg = load_config(model, training_overrides(data, device, precision, clip_samples, checkpoints) + list(overrides))
         # The same seeding as fairseq_cli.train, so that both paths start from the same weights.
         np.random.seed(self.cfg.common.seed)
         utils.set_torch_seed(self.cfg.common.seed)
@@ -393,6 +397,7 @@ class TrainingRunner:
         attention = 3 * 4 * batch * shape["steps"] ** 2 * shape["dim"] * shape["layers"]
         report = {"attention_shape": shape, "attention_flops_estimate": attention}
         report.update(count_step_flops(self.step))
+        report["dispatched_ops_per_step"] = count_dispatched_ops(self.step)
         report["attention_flop_share"] = attention / report["flops_per_step"] if report["flops_per_step"] else None
         if not profile:
             return report
@@ -404,6 +409,28 @@ class TrainingRunner:
         if self.device == "cuda":
             report["host_syncs"] = host_syncs(self.step)
         return report
+
+
+class DispatchedOps(TorchDispatchMode):
+    """Counts the operations dispatched inside it that are not views: each launches at least one kernel on a GPU.
+
+    Below about 128 clips a GPU step waits on the host issuing these, so their
+    number is what bounds it, on any device.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
+
+
+def count_dispatched_ops(step: Callable[[], None]) -> int:
+    with DispatchedOps() as ops:
+        step()
+    return ops.count
 
 
 def count_step_flops(step: Callable[[], None]) -> Dict:

@@ -10,6 +10,9 @@ from fairseq_logmel_conformer.data.synthetic import SOUND_CLASSES, write_dataset
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN_DIR = os.path.dirname(sys.executable)
+# The benchmarks package is not installed; tests import its helpers from the checkout.
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
 
 # The CI machine has 2 cores; more threads than that only adds contention.
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -2,14 +2,11 @@
 import json
 import os
 import shutil
-import sys
 
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks.common import TrainingRunner, count_step_flops, load_config, profile_step, time_by_name, write_corpus  # noqa: E402
+from benchmarks.common import TrainingRunner, count_step_flops, load_config, profile_step, time_by_name, write_corpus
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +46,27 @@ def test_trainer_and_bare_loop_take_the_same_update(two_clips):
     # as the gradients' rounding, which Adam's normalisation passes on (3e-4 here; 6e-3 with fairseq's adam).
     relative_difference = (bare_step - trainer_step).norm() / trainer_step.norm()
     assert relative_difference < 1e-3, f"updates differ by {relative_difference:.2e} (relative L2)"
+
+
+def test_throughput_configurations_take_their_own_overrides_and_count_their_dispatched_operations(tmp_path, two_clips):
+    from benchmarks import bench_train_throughput
+
+    output = tmp_path / "throughput.json"
+    efficient = "tiny_trainer:common.memory_efficient_bf16=true"
+    bench_train_throughput.main([
+        "--configs", f"tiny_trainer,{efficient},tiny_bare", "--precision", "bf16", "--clips", "2", "--seconds", "1",
+        "--reps", "1", "--steps", "1", "--threads", "1", "--output", str(output),
+    ])
+    results = json.loads(output.read_text())["results"]
+    configs = results["configs"]
+    assert configs[efficient]["overrides"] == ["common.memory_efficient_bf16=true"] and configs["tiny_trainer"]["overrides"] == []
+    # fairseq's bf16 optimizer copies in, copies out and zeroes each parameter; logmel_adamw does each in one operation.
+    parameters = len(list(TrainingRunner("tiny", "bare", "cpu", "fp32", two_clips, num_clips=2, clip_samples=16000).model.parameters()))
+    saved = configs["tiny_trainer"]["dispatched_ops_per_step"] - configs[efficient]["dispatched_ops_per_step"]
+    assert 3 * parameters - 4 <= saved <= 3 * parameters, f"{saved} fewer operations for {parameters} parameter tensors"
+    assert set(results["ratios"]) == {"tiny_trainer_overhead", f"{efficient}_overhead"}
+    with pytest.raises(Exception, match="not MODEL_trainer or MODEL_bare"):
+        bench_train_throughput.parse_config("tiny_trainer:memory_efficient")
 
 
 def test_flop_count_charges_depthwise_backward_like_its_forward():

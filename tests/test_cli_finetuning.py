@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from conftest import hydra_train, run_cli
 
 from fairseq_logmel_conformer.data.synthetic import SOUND_CLASSES
@@ -63,6 +64,25 @@ def test_finetune_in_bf16_validates_and_evaluates(tmp_path, labelled_corpus, pre
     assert logs and 0 <= float(logs[-1]["valid_accuracy"]) <= 100
     _, written = evaluate(f"{workdir}/checkpoints/checkpoint_last.pt", f"{workdir}/eval", workdir)
     assert written["num_clips"] == 10 and 0 <= written["metrics"]["accuracy"] <= 1
+
+
+def test_a_frozen_encoder_stays_as_loaded_in_memory_efficient_bf16(tmp_path, labelled_corpus, pretrained_checkpoint):
+    """The frozen encoder has no gradients. Under common.bf16 alone, fairseq's optimizer steps such parameters on
+    zero gradients, and weight decay moves them; logmel_adamw's own master weights leave them alone, as fp32 does.
+
+    A weight decay of 200 (at the peak rate of 5e-5, 1% per update) shows in bf16 weights within six updates."""
+    workdir = str(tmp_path)
+    hydra_train(
+        "finetune_esc50", workdir, f"task.data={labelled_corpus}", f"model.pretrained_path={pretrained_checkpoint}", "common.bf16=true",
+        "common.memory_efficient_bf16=true", "model.freeze_encoder_updates=6", "optimizer.weight_decay=200", *FAST,
+    )
+    pretrained = torch.load(pretrained_checkpoint, map_location="cpu", weights_only=False)["model"]
+    finetuned = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
+    # Batch norm's running statistics are buffers, updated in training mode whether or not the weights are frozen.
+    encoder = [key for key in finetuned if key.startswith("encoder.") and ".batch_norm.running_" not in key and not key.endswith("num_batches_tracked")]
+    assert len(encoder) > 50
+    for key in encoder:
+        assert torch.equal(finetuned[key], pretrained[key[len("encoder."):]].to(torch.bfloat16).float()), key
 
 
 def test_finetune_multi_label_linear_softmax_then_evaluate(tmp_path, labelled_corpus, pretrained_checkpoint):

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from conftest import REPO_ROOT, hydra_train, run_cli
 
 from fairseq_logmel_conformer.data.synthetic import write_dataset
@@ -80,3 +82,21 @@ def test_fairseq_train_with_user_dir_and_flags(tmp_path, pretrained_checkpoint):
     state = __import__("torch").load(tmp_path / "ckpt" / "checkpoint_last.pt", weights_only=False)
     assert state["cfg"]["model"]["encoder_dim"] == 64 and state["cfg"]["model"]["sample_rate"] == 16000
     assert state["cfg"]["optimizer"]["_name"] == "logmel_adamw" and list(state["cfg"]["optimizer"]["adam_betas"]) == [0.9, 0.98]
+
+
+def test_memory_efficient_bf16_trains_like_fairseqs_bf16_optimizer(tmp_path, pretrained_checkpoint):
+    """``common.memory_efficient_bf16`` hands logmel_adamw the bf16 weights; it must log and save what fairseq's
+    FP16Optimizer (``common.bf16`` alone, one fp32 copy per parameter) does, update for update."""
+    manifest = os.path.join(os.path.dirname(os.path.dirname(pretrained_checkpoint)), "manifest")
+    runs = {}
+    for name, flags in (("fairseq", []), ("ours", ["common.memory_efficient_bf16=true"])):
+        workdir = tmp_path / name
+        workdir.mkdir()
+        hydra_train("pretrain_tiny", str(workdir), f"task.data={manifest}", "optimization.max_update=4", "common.log_interval=1",
+                    "common.bf16=true", *flags)
+        logs = read_json_logs(os.path.join(workdir, "run", "hydra_train.log"), "train_inner")
+        state = torch.load(workdir / "checkpoints" / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+        runs[name] = [(log["loss"], log["gnorm"]) for log in logs], state["model"]
+    assert len(runs["ours"][0]) == 4 and runs["ours"][0] == runs["fairseq"][0]
+    for key, weight in runs["ours"][1].items():
+        assert torch.equal(weight, runs["fairseq"][1][key]), key

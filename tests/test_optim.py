@@ -1,10 +1,13 @@
-"""logmel_adamw: fairseq's Adam update, fused."""
+"""logmel_adamw: fairseq's Adam update, fused, and its fp32 master weights under fairseq's half-precision wrappers."""
 import pytest
 import torch
 from fairseq import utils
+from fairseq.dataclass.configs import FairseqConfig
 from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
+from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 from omegaconf import OmegaConf
 
+from benchmarks.common import DispatchedOps
 from fairseq_logmel_conformer.optim.logmel_adamw import LogmelAdamW, LogmelAdamWConfig, check_lr_scales, set_lr_scale
 
 
@@ -94,3 +97,89 @@ def test_clipping_without_gradients_reports_a_zero_norm_on_the_parameters_device
 def test_rejects_betas_that_are_not_a_pair():
     with pytest.raises(ValueError, match=r"two values, got \[0.9\]"):
         make_optimizer([torch.nn.Parameter(torch.zeros(1))], adam_betas=[0.9])
+
+
+def half_precision_cfg(precision: str):
+    """fairseq's full config with logmel_adamw, as the trainer hands it to its mixed-precision wrappers."""
+    cfg = OmegaConf.structured(FairseqConfig())
+    cfg.optimizer = OmegaConf.structured(LogmelAdamWConfig())
+    cfg.optimizer._name = "logmel_adamw"
+    cfg.optimization.lr = [1e-2]
+    setattr(cfg.common, precision, True)
+    # On the CPU fairseq's flat fp32 copy would ask for a CUDA device; the updates are the same either way.
+    cfg.common.fp16_no_flatten_grads = True
+    return cfg
+
+
+def half_model(dtype: torch.dtype, layers: int = 3) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(layers)))
+    set_lr_scale(model[0].weight, 0.1)
+    return model.to(dtype)
+
+
+def train_updates(optimizer, model: torch.nn.Module, updates: int, clip_norm: float = 0.5):
+    """What fairseq's Trainer does each update: zero, backward, divide by the sample size, clip, step."""
+    torch.manual_seed(1)
+    norms = []
+    for _ in range(updates):
+        optimizer.zero_grad()
+        inputs = torch.randn(4, 6).to(next(model.parameters()).dtype)
+        optimizer.backward(model(inputs).float().pow(2).sum())
+        optimizer.multiply_grads(1 / 4)
+        norms.append(optimizer.clip_grad_norm(clip_norm))
+        optimizer.step()
+    return torch.stack(norms)
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_memory_efficient_half_precision_updates_like_fairseqs_fp16_optimizer_to_the_bit(precision, dtype):
+    ours, theirs = half_model(dtype), half_model(dtype)
+    start = [p.detach().clone() for p in ours.parameters()]
+    efficient = MemoryEfficientFP16Optimizer.build_optimizer(half_precision_cfg(precision), list(ours.parameters()))
+    reference = FP16Optimizer.build_optimizer(half_precision_cfg(precision), list(theirs.parameters()))
+    assert isinstance(efficient.wrapped_optimizer, LogmelAdamW)
+    check_lr_scales(ours, efficient)
+    norms = train_updates(efficient, ours, updates=4)
+    assert torch.equal(norms, train_updates(reference, theirs, updates=4))
+    assert (norms > 0.5).all(), "every update clips"
+    for a, b, s in zip(ours.parameters(), theirs.parameters(), start):
+        assert a.dtype == dtype and torch.equal(a, b) and not torch.equal(a, s)
+
+
+def test_half_precision_update_dispatches_as_many_operations_for_100_layers_as_for_2():
+    counts = {}
+    for wrapper in (MemoryEfficientFP16Optimizer, FP16Optimizer):
+        for layers in (2, 100):
+            model = half_model(torch.bfloat16, layers)
+            optimizer = wrapper.build_optimizer(half_precision_cfg("bf16"), list(model.parameters()))
+            train_updates(optimizer, model, updates=1)
+            optimizer.zero_grad()
+            optimizer.backward(model(torch.randn(4, 6, dtype=torch.bfloat16)).float().pow(2).sum())
+            with DispatchedOps() as ops:
+                optimizer.multiply_grads(1 / 4)
+                optimizer.clip_grad_norm(0.5)
+                optimizer.step()
+                optimizer.zero_grad()
+            counts[wrapper.__name__, layers] = ops.count
+    assert counts["MemoryEfficientFP16Optimizer", 100] == counts["MemoryEfficientFP16Optimizer", 2]
+    # fairseq's wrapper copies in, copies out and zeroes each of the 98 more weights and biases.
+    assert counts["FP16Optimizer", 100] - counts["FP16Optimizer", 2] == 3 * 2 * 98
+
+
+def test_memory_efficient_half_precision_leaves_a_parameter_without_gradient_alone_and_reloads_fp32_moments():
+    model = half_model(torch.bfloat16)
+    unused = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    params = list(model.parameters()) + [unused]
+    optimizer = MemoryEfficientFP16Optimizer.build_optimizer(half_precision_cfg("bf16"), params)
+    train_updates(optimizer, model, updates=2)
+    # As in fp32 training: no gradient, no step (fairseq's FP16Optimizer would decay it on a zero gradient).
+    assert torch.equal(unused, torch.ones(3, dtype=torch.bfloat16))
+    resumed = MemoryEfficientFP16Optimizer.build_optimizer(half_precision_cfg("bf16"), params)
+    resumed.load_state_dict(optimizer.state_dict())
+    for saved, loaded in zip(optimizer.param_groups, resumed.param_groups):
+        assert saved["lr_scale"] == loaded["lr_scale"]
+        for a, b in zip(saved["params"], loaded["params"]):
+            if a.grad is not None:
+                moment = resumed.optimizer.state[b]["exp_avg_sq"]
+                assert moment.dtype == torch.float32 and torch.equal(moment, optimizer.optimizer.state[a]["exp_avg_sq"])

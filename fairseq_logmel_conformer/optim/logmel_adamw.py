@@ -1,17 +1,24 @@
 """``logmel_adamw``: fairseq's Adam update (decoupled weight decay) as torch's fused AdamW.
 
 fairseq's ``adam`` loops over parameters in Python unless apex or fairseq's
-own CUDA extension is installed, and with ``common.bf16`` fairseq keeps one
-fp32 master copy per parameter instead of one flat tensor. That loop launches
-about ten kernels per parameter: on an H100 it took 36 ms of a 123 ms cf_L bf16
-step. torch's fused AdamW updates every parameter in a few kernels, on the GPU
-and on the CPU: 5 ms of an 89 ms step (benchmarks/results/results_cuda.md).
+own CUDA extension is installed. That loop launches about ten kernels per
+parameter: on an H100 it took 36 ms of a 123 ms cf_L bf16 step. torch's fused
+AdamW updates every parameter in a few kernels, on the GPU and on the CPU:
+5 ms of an 89 ms step (benchmarks/results/results_cuda.md).
 
 Gradient clipping likewise takes torch's multi-tensor norm instead of
 fairseq's one norm kernel per parameter (367 of them in cf_L).
 
-``common.memory_efficient_fp16`` (fp16 weights without fp32 copies) needs
-fairseq's ``adam``, which keeps fp32 moments.
+Half precision: with ``common.bf16`` alone, fairseq's ``FP16Optimizer`` keeps
+one fp32 master copy per parameter (one flat tensor only under
+``common.fp16``) and copies gradients in, weights out and zeros gradients one
+parameter at a time: three kernels per parameter per update, 1,101 for cf_L.
+Adding ``common.memory_efficient_bf16=true`` (or ``memory_efficient_fp16``)
+hands this optimizer the half-precision weights themselves; it keeps the same
+fp32 master weights and gradients (the same memory, and the same updates to
+the bit where every parameter has a gradient) and moves them in one
+multi-tensor copy each way. Unlike fairseq's
+``adam`` under those flags, it saves no memory.
 
 Parameters marked with :func:`set_lr_scale` (fine-tuning's
 ``model.pretrained_lr_scale``) train at that fraction of the scheduled rate.
@@ -23,6 +30,8 @@ import torch
 from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def set_lr_scale(parameter: torch.nn.Parameter, scale: float) -> None:
@@ -63,6 +72,13 @@ class LogmelAdamW(FairseqOptimizer):
         super().__init__(cfg)
         if len(cfg.adam_betas) != 2:
             raise ValueError(f"optimizer.adam_betas needs two values, got {list(cfg.adam_betas)}")
+        params = list(params)
+        # fairseq's memory-efficient half-precision wrapper hands over the model's own bf16/fp16 weights.
+        self.half_params: List[torch.Tensor] = params if any(p.dtype in HALF_DTYPES for p in params) else []
+        if self.half_params:
+            params = [fp32_master(p) for p in params]
+        self.master_params: List[torch.Tensor] = params if self.half_params else []
+        self.master_grads_current = False
         by_scale: Dict[float, List[torch.Tensor]] = {}
         for param in params:
             by_scale.setdefault(lr_scale(param), []).append(param)
@@ -97,6 +113,7 @@ class LogmelAdamW(FairseqOptimizer):
 
     def clip_grad_norm(self, max_norm: float, aggregate_norm_fn: Optional[Callable] = None) -> torch.Tensor:
         """fairseq's clipping: the gradients' total 2-norm, and if ``max_norm`` > 0 their scaling to at most it."""
+        self.copy_grads_to_masters()
         params = list(self.params)
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
@@ -109,7 +126,62 @@ class LogmelAdamW(FairseqOptimizer):
             torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
         return total_norm
 
+    def multiply_grads(self, c) -> None:
+        self.copy_grads_to_masters()
+        super().multiply_grads(c)
+
+    def step(self, closure=None, scale: float = 1.0, groups=None) -> None:
+        self.copy_grads_to_masters()
+        super().step(closure, scale, groups)
+        if self.half_params:
+            with torch.no_grad():
+                torch._foreach_copy_(self.half_params, self.master_params)
+
+    def zero_grad(self) -> None:
+        if not self.half_params:
+            super().zero_grad()
+            return
+        for param in self.half_params:
+            param.grad = None
+        # The master gradients are overwritten, not accumulated, by the next copy: no need to zero them.
+        self.master_grads_current = False
+
+    def copy_grads_to_masters(self) -> None:
+        """Once per update, the half-precision gradients into the fp32 master gradients.
+
+        A parameter without a gradient (frozen, or unused by the batch) leaves
+        its master without one, so that AdamW skips it as in fp32 training;
+        fairseq's ``FP16Optimizer`` would step it on a zero gradient instead,
+        decaying it.
+        """
+        if not self.half_params or self.master_grads_current:
+            return
+        targets, sources = [], []
+        for master, param in zip(self.master_params, self.half_params):
+            if param.grad is None:
+                master.grad = None
+                continue
+            if master.grad is None:
+                master.grad = torch.empty_like(master)
+            targets.append(master.grad)
+            sources.append(param.grad)
+        if targets:
+            torch._foreach_copy_(targets, sources)
+        self.master_grads_current = True
+
+    @property
+    def supports_memory_efficient_fp16(self) -> bool:
+        return True
+
     @property
     def supports_flat_params(self) -> bool:
         # fairseq's fp16 path hands over all fp32 master weights as one flat tensor.
         return True
+
+
+def fp32_master(param: torch.Tensor) -> torch.nn.Parameter:
+    """An fp32 copy of ``param`` with the same sizes and strides, which torch's fused multi-tensor copy needs."""
+    master = torch.nn.Parameter(torch.empty_like(param, dtype=torch.float32).copy_(param.detach()))
+    if hasattr(param, "optim_overrides"):
+        master.optim_overrides = param.optim_overrides
+    return master
