@@ -167,7 +167,7 @@ def test_half_precision_update_dispatches_as_many_operations_for_100_layers_as_f
     assert counts["FP16Optimizer", 100] - counts["FP16Optimizer", 2] == 3 * 2 * 98
 
 
-def test_memory_efficient_half_precision_leaves_a_parameter_without_gradient_alone_and_reloads_fp32_moments():
+def test_memory_efficient_half_precision_leaves_a_parameter_without_gradient_alone_and_reloads_fp32_state():
     model = half_model(torch.bfloat16)
     unused = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
     params = list(model.parameters()) + [unused]
@@ -176,7 +176,11 @@ def test_memory_efficient_half_precision_leaves_a_parameter_without_gradient_alo
     # As in fp32 training: no gradient, no step (fairseq's FP16Optimizer would decay it on a zero gradient).
     assert torch.equal(unused, torch.ones(3, dtype=torch.bfloat16))
     resumed = MemoryEfficientFP16Optimizer.build_optimizer(half_precision_cfg("bf16"), params)
+    # Built from the bf16 weights, its masters are their rounding until the checkpoint's fp32 ones are loaded.
+    assert not all(torch.equal(a, b) for a, b in zip(resumed.wrapped_optimizer.master_params, optimizer.wrapped_optimizer.master_params))
     resumed.load_state_dict(optimizer.state_dict())
+    for a, b in zip(resumed.wrapped_optimizer.master_params, optimizer.wrapped_optimizer.master_params):
+        assert a.dtype == torch.float32 and torch.equal(a, b)
     for saved, loaded in zip(optimizer.param_groups, resumed.param_groups):
         assert saved["lr_scale"] == loaded["lr_scale"]
         for a, b in zip(saved["params"], loaded["params"]):

@@ -92,6 +92,27 @@ def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_los
         assert values == uninterrupted[update], f"update {update}: resumed {values}, uninterrupted {uninterrupted[update]}"
 
 
+def test_bf16_run_resumes_exactly_from_the_fp32_master_weights_in_its_checkpoint(corpus, tmp_path):
+    """fairseq saves the bf16 weights; logmel_adamw (common.memory_efficient_bf16) adds its fp32 master weights to the
+    optimizer state, so the run resumed at update 4 continues from them and logs what an uninterrupted run logs."""
+    # The learning rate decays to zero at lr_scheduler.total_num_update, max_update unless set: both runs decay over 8.
+    bf16 = ["common.bf16=true", "common.memory_efficient_bf16=true", "+lr_scheduler.total_num_update=8"]
+    full = str(tmp_path / "full")
+    os.makedirs(full)
+    uninterrupted = logged_updates(hydra_train("pretrain_tiny", full, f"task.data={corpus}", "optimization.max_update=8", *bf16, *TRAINING).stdout)
+    split = str(tmp_path / "split")
+    os.makedirs(split)
+    hydra_train("pretrain_tiny", split, f"task.data={corpus}", "optimization.max_update=4", *bf16, *TRAINING)
+    state = torch.load(os.path.join(split, "checkpoints", "checkpoint_last.pt"), map_location="cpu", weights_only=False)
+    assert {master.dtype for master in state["last_optimizer_state"]["fp32_master_weights"]} == {torch.float32}
+    result = hydra_train("pretrain_tiny", split, f"task.data={corpus}", "optimization.max_update=8", *bf16, *TRAINING)
+    assert "(epoch 1 @ 4 updates)" in result.stdout, "did not resume from checkpoint_last.pt"
+    resumed = logged_updates(result.stdout)
+    assert sorted(resumed) == [5, 6, 7, 8]
+    for update, values in resumed.items():
+        assert values == uninterrupted[update], f"update {update}: resumed {values}, uninterrupted {uninterrupted[update]}"
+
+
 def cut_short(path: str) -> None:
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)

@@ -32,6 +32,8 @@ from fairseq.optim import FairseqOptimizer, register_optimizer
 from omegaconf import II
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
+# Where the optimizer state keeps the fp32 master weights of half-precision parameters.
+MASTER_WEIGHTS_KEY = "fp32_master_weights"
 
 
 def set_lr_scale(parameter: torch.nn.Parameter, scale: float) -> None:
@@ -104,12 +106,29 @@ class LogmelAdamW(FairseqOptimizer):
         for group in self.param_groups:
             group["lr"] = lr * group["lr_scale"]
 
+    def state_dict(self) -> Dict:
+        state = super().state_dict()
+        if self.half_params:
+            # fairseq saves the model's half-precision weights: a run resumed from them alone would start from
+            # the rounding of its fp32 master weights, not from those weights.
+            state[MASTER_WEIGHTS_KEY] = [master.detach() for master in self.master_params]
+        return state
+
     def load_state_dict(self, state_dict: Dict, optimizer_overrides: Optional[Dict] = None) -> None:
+        state_dict = dict(state_dict)
+        masters = state_dict.pop(MASTER_WEIGHTS_KEY, None)
         # torch takes every group setting from the checkpoint: the scales stay this run's, like fairseq's overrides.
         scales = [group["lr_scale"] for group in self.param_groups]
         super().load_state_dict(state_dict, optimizer_overrides)
         for group, scale in zip(self.param_groups, scales):
             group["lr_scale"] = scale
+        if masters is not None and self.half_params:
+            if [m.shape for m in masters] != [m.shape for m in self.master_params]:
+                raise ValueError(
+                    f"the checkpoint's {len(masters)} fp32 master weights do not match this model's {len(self.master_params)} parameters"
+                )
+            with torch.no_grad():
+                torch._foreach_copy_(self.master_params, masters)
 
     def clip_grad_norm(self, max_norm: float, aggregate_norm_fn: Optional[Callable] = None) -> torch.Tensor:
         """fairseq's clipping: the gradients' total 2-norm, and if ``max_norm`` > 0 their scaling to at most it."""
