@@ -1,4 +1,5 @@
 """The benchmarks compare like with like: fairseq's trainer path and the bare loop take the same update."""
+import argparse
 import json
 import os
 import shutil
@@ -65,7 +66,7 @@ def test_throughput_configurations_take_their_own_overrides_and_count_their_disp
     saved = configs["tiny_trainer"]["dispatched_ops_per_step"] - configs[efficient]["dispatched_ops_per_step"]
     assert 3 * parameters - 4 <= saved <= 3 * parameters, f"{saved} fewer operations for {parameters} parameter tensors"
     assert set(results["ratios"]) == {"tiny_trainer_overhead", f"{efficient}_overhead"}
-    with pytest.raises(Exception, match="not MODEL_trainer or MODEL_bare"):
+    with pytest.raises(argparse.ArgumentTypeError, match="not MODEL_trainer or MODEL_bare"):
         bench_train_throughput.parse_config("tiny_trainer:memory_efficient")
 
 

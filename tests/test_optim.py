@@ -173,8 +173,9 @@ def test_memory_efficient_half_precision_leaves_a_parameter_without_gradient_alo
     params = list(model.parameters()) + [unused]
     optimizer = MemoryEfficientFP16Optimizer.build_optimizer(half_precision_cfg("bf16"), params)
     train_updates(optimizer, model, updates=2)
-    # As in fp32 training: no gradient, no step (fairseq's FP16Optimizer would decay it on a zero gradient).
-    assert torch.equal(unused, torch.ones(3, dtype=torch.bfloat16))
+    # As in fp32 training: no gradient, no step (fairseq's FP16Optimizer would decay it on a zero gradient). The
+    # fp32 master shows it: a decay of lr * weight_decay = 1e-4 per update would be lost in the bf16 rounding.
+    assert torch.equal(optimizer.wrapped_optimizer.master_params[-1], torch.ones(3)) and torch.equal(unused, torch.ones(3, dtype=torch.bfloat16))
     resumed = MemoryEfficientFP16Optimizer.build_optimizer(half_precision_cfg("bf16"), params)
     # Built from the bf16 weights, its masters are their rounding until the checkpoint's fp32 ones are loaded.
     assert not all(torch.equal(a, b) for a, b in zip(resumed.wrapped_optimizer.master_params, optimizer.wrapped_optimizer.master_params))

@@ -17,8 +17,9 @@ Adding ``common.memory_efficient_bf16=true`` (or ``memory_efficient_fp16``)
 hands this optimizer the half-precision weights themselves; it keeps the same
 fp32 master weights and gradients (the same memory, and the same updates to
 the bit where every parameter has a gradient) and moves them in one
-multi-tensor copy each way. Unlike fairseq's
-``adam`` under those flags, it saves no memory.
+multi-tensor copy each way. Unlike fairseq's ``adam`` under those flags, it
+saves no memory; unlike fairseq's ``FP16Optimizer``, it saves the master
+weights with its state, so that a resumed run continues from them exactly.
 
 Parameters marked with :func:`set_lr_scale` (fine-tuning's
 ``model.pretrained_lr_scale``) train at that fraction of the scheduled rate.
