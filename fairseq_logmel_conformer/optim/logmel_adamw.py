@@ -78,10 +78,9 @@ class LogmelAdamW(FairseqOptimizer):
         params = list(params)
         # fairseq's memory-efficient half-precision wrapper hands over the model's own bf16/fp16 weights.
         self.half_params: List[torch.Tensor] = params if any(p.dtype in HALF_DTYPES for p in params) else []
-        if self.half_params:
-            params = [fp32_master(p) for p in params]
-        self.master_params: List[torch.Tensor] = params if self.half_params else []
+        self.master_params: List[torch.Tensor] = [fp32_master(p) for p in self.half_params]
         self.master_grads_current = False
+        params = self.master_params or params
         by_scale: Dict[float, List[torch.Tensor]] = {}
         for param in params:
             by_scale.setdefault(lr_scale(param), []).append(param)
