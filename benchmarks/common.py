@@ -38,7 +38,7 @@ from fairseq.utils import move_to_cuda
 from omegaconf import DictConfig, OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fairseq_logmel_conformer.cli.make_manifest import write_manifest
+from fairseq_logmel_conformer.data.manifest import write_manifest
 from fairseq_logmel_conformer.data.synthetic import write_dataset
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")

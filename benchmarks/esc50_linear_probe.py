@@ -30,7 +30,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import fairseq_logmel_conformer  # noqa: F401  (registers the plugin's components)
-from fairseq_logmel_conformer.data.audio import read_audio, read_manifest
+from fairseq_logmel_conformer.data.audio import read_audio
+from fairseq_logmel_conformer.data.manifest import read_manifest
 from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
 from fairseq_logmel_conformer.modules.frontend import LogmelFrontend

@@ -50,8 +50,8 @@ from omegaconf import OmegaConf
 from benchmarks.common import PRECISIONS, RESULTS_DIR, precision_overrides, write_json
 from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretrained_only, pretraining_curve, training_folds, validation_curve, write_figure, write_markdown
 from fairseq_logmel_conformer import CONFIG_DIR
-from fairseq_logmel_conformer.cli.make_manifest import write_manifest
-from fairseq_logmel_conformer.data.audio import read_manifest
+from fairseq_logmel_conformer.data.manifest import write_manifest
+from fairseq_logmel_conformer.data.manifest import read_manifest
 from fairseq_logmel_conformer.prepare.esc50 import read_metadata
 
 BENCHMARK = "esc50_pretrain_vs_scratch"

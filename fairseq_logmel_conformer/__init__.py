@@ -9,9 +9,13 @@ import os
 
 _root_level = logging.getLogger().level
 from . import criterions, models, optim, tasks  # noqa: E402,F401  (registration side effects)
+from .checkpoint import install as _install_checkpoint_loading  # noqa: E402
 
 # Importing fairseq's tasks runs logging.basicConfig(level=DEBUG) in one of its modules; undo that side effect.
 logging.getLogger().setLevel(_root_level)
+
+# fairseq's checkpoint loading, wrapped: damaged files are named, and a rerun resumes from an intact checkpoint.
+_install_checkpoint_loading()
 
 __version__ = "0.1.0"
 

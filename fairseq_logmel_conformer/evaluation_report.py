@@ -92,6 +92,7 @@ def write_report(
     class_names: Sequence[str],
     multilabel: bool,
     display_names: Optional[Sequence[str]] = None,
+    source: Optional[Dict[str, str]] = None,
 ) -> Dict[str, float]:
     """Write metrics.json, per_class.csv and a figure to ``out_dir``; return :func:`compute_metrics`'s dict.
 
@@ -100,6 +101,7 @@ def write_report(
         targets: (N, C) 0/1 multi-hot (multi-label), or (N,) class indices / (N, C) one-hot (single-label).
         class_names: C label names in class order (labels.txt column 1).
         display_names: C human-readable names (labels.txt column 2); defaults to ``class_names``.
+        source: what was evaluated (e.g. checkpoint and split), written first into metrics.json.
 
     per_class.csv columns: multi-label ``class, display_name, support, AP, AUC``
     (support = positive clips); single-label ``class, display_name, support,
@@ -120,6 +122,7 @@ def write_report(
     metrics = compute_metrics(scores, targets, multilabel)
     os.makedirs(out_dir, exist_ok=True)
     summary = {
+        **(source or {}),
         "num_clips": num_clips,
         "num_classes": num_classes,
         "multilabel": multilabel,

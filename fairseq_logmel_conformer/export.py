@@ -19,7 +19,7 @@ needs no separate feature extraction:
   TorchScript); ``padding_mask`` is then all False.
 
 Embedding ``t`` is centred at ``first_timestamp + t * step_seconds`` seconds
-(see :mod:`fairseq_logmel_conformer.inference`); both values, and
+(the encoder's :class:`~.modules.frontend.StepGeometry`); both values, and
 ``sample_rate``, are attributes of the TorchScript module and metadata of the
 ONNX model.
 """
@@ -29,7 +29,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from .inference import AudioModel
+from .checkpoint import load_model
+from .models import LogmelConformerModel, encoder_of
 from .modules.frontend import lengths_to_padding_mask
 
 ONNX_OPSET = 18
@@ -42,22 +43,22 @@ class OnnxExportError(RuntimeError):
 
 
 class FrameEmbedder(nn.Module):
-    """The encoder of a pre-trained or fine-tuned model (moved to CPU) as one scriptable module.
+    """An encoder (moved to CPU) as one scriptable module, with its step geometry as attributes.
 
     ``forward``: waveform (B, S) at ``sample_rate``, optional (B,) valid sample
     counts -> frame embeddings (B, T', D) and their padding mask (B, T'), True at
-    padding (all False without ``lengths``). For a fine-tuned classifier the
-    embeddings are those its head reads, before the head.
+    padding (all False without ``lengths``). For a fine-tuned classifier's
+    encoder the embeddings are those its head reads, before the head.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, encoder: LogmelConformerModel):
         super().__init__()
-        audio_model = AudioModel(model)
-        self.encoder = audio_model.encoder
-        self.sample_rate: int = int(audio_model.sample_rate)
-        self.embedding_dim: int = int(audio_model.embedding_dim)
-        self.first_timestamp: float = float(audio_model.first_timestamp)
-        self.step_seconds: float = float(audio_model.step_seconds)
+        self.encoder = encoder.cpu()
+        geometry = encoder.geometry
+        self.sample_rate: int = geometry.sample_rate
+        self.embedding_dim: int = encoder.embedding_dim
+        self.first_timestamp: float = geometry.first_timestamp
+        self.step_seconds: float = geometry.step_seconds
 
     def forward(self, waveform: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, S) waveform, (B,) sample counts or None -> (B, T', D) embeddings, (B, T') bool padding mask."""
@@ -77,9 +78,10 @@ class FrameEmbedder(nn.Module):
         }
 
 
-def load_embedder(checkpoint_path: str) -> FrameEmbedder:
+def load_embedder(checkpoint_path: str, user_dir: Optional[str] = None) -> FrameEmbedder:
     """The encoder of a ``logmel_conformer`` or ``logmel_conformer_classifier`` checkpoint, on CPU, in eval mode."""
-    return FrameEmbedder(AudioModel.from_checkpoint(checkpoint_path).model).eval()
+    model, _, _ = load_model(checkpoint_path, user_dir=user_dir)
+    return FrameEmbedder(encoder_of(model)).eval()
 
 
 def export_torchscript(embedder: FrameEmbedder, path: str) -> torch.jit.ScriptModule:

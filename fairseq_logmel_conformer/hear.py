@@ -15,7 +15,7 @@ The module name for HEAR tools is ``fairseq_logmel_conformer.hear``, e.g.
   its encoder's embeddings, the ones its classification head reads.
 - Timestamp embeddings: one per latent step (80 ms at the paper's settings),
   (n_sounds, n_timestamps, D) with timestamps in milliseconds at the centre of
-  each step's span, 30 + 80 t ms (see :mod:`fairseq_logmel_conformer.inference`).
+  each step's span, 30 + 80 t ms (the encoder's ``geometry``).
   HEAR suggests at most 50 ms between timestamps; hear-validator warns about the 80 ms.
 - Scene embeddings: (n_sounds, D), the mean of the timestamp embeddings, the
   clip embedding the paper fine-tunes on.
@@ -26,7 +26,9 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from .inference import AudioModel
+from .checkpoint import load_model as load_checkpoint
+from .data.audio import too_short
+from .models import LogmelConformerModel, encoder_of
 
 
 class HearModel(nn.Module):
@@ -37,30 +39,25 @@ class HearModel(nn.Module):
     model's device.
     """
 
-    def __init__(self, audio_model: AudioModel):
+    def __init__(self, encoder: LogmelConformerModel):
         super().__init__()
-        self.encoder = audio_model.encoder.eval()
-        # The step geometry (timestamps, minimum length) comes from the inference API so that both agree.
-        self.audio_model = audio_model
-        self.sample_rate = int(audio_model.sample_rate)
-        self.scene_embedding_size = int(audio_model.embedding_dim)
-        self.timestamp_embedding_size = int(audio_model.embedding_dim)
+        self.encoder = encoder.eval()
+        self.geometry = encoder.geometry
+        self.sample_rate = self.geometry.sample_rate
+        self.scene_embedding_size = encoder.embedding_dim
+        self.timestamp_embedding_size = encoder.embedding_dim
 
     @torch.no_grad()
     def forward(self, audio: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(n_sounds, n_samples) -> embeddings (n_sounds, n_timestamps, D), timestamps (n_sounds, n_timestamps) in ms."""
         if audio.dim() != 2:
             raise ValueError(f"HEAR audio must be (n_sounds, n_samples), got shape {tuple(audio.shape)}")
-        if self.audio_model.num_steps(audio.shape[1]) < 1:
-            # 1 + S // hop frames must fill one stack of frames: S >= (stack - 1) * hop.
-            minimum = self.audio_model.samples_per_step - self.encoder.frontend.hop_length
-            raise ValueError(
-                f"sounds of {audio.shape[1]} samples are shorter than one embedding step: "
-                f"need at least {minimum} samples at {self.sample_rate} Hz"
-            )
+        reason = too_short(audio.shape[1], self.geometry.min_samples, self.sample_rate)
+        if reason:
+            raise ValueError(f"sounds {reason}")
         device = next(self.encoder.parameters()).device
         embeddings, _ = self.encoder.extract_features(audio.to(device=device, dtype=torch.float32))
-        seconds = torch.from_numpy(self.audio_model.timestamps(0, embeddings.shape[1]))
+        seconds = torch.from_numpy(self.geometry.timestamps(0, embeddings.shape[1]))
         timestamps = (seconds * 1000.0).to(device=device, dtype=torch.float32)
         return embeddings.float(), timestamps.expand(audio.shape[0], -1).contiguous()
 
@@ -72,7 +69,8 @@ def load_model(model_file_path: str = "") -> HearModel:
             "fairseq_logmel_conformer.hear has no built-in weights: pass the path of a logmel_conformer "
             "pre-training or logmel_conformer_classifier fine-tuning checkpoint"
         )
-    return HearModel(AudioModel.from_checkpoint(model_file_path))
+    model, _, _ = load_checkpoint(model_file_path)
+    return HearModel(encoder_of(model))
 
 
 def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -8,15 +8,12 @@
     model.predict("dog.wav").top_k(5)                  # fine-tuned (logmel_conformer_classifier) only
 
 Input: a path to any file soundfile decodes, or an array (S,) or (S, C) (channels
-last, as soundfile returns it) at any sample rate; channels are averaged and the
-audio is resampled to the model's rate with torchaudio's sinc resampler, exactly
-as the training data loader does.
+last, as soundfile returns it) at any sample rate, read by
+:func:`~.data.audio.open_audio`: channels are averaged and the audio is
+resampled to the model's rate exactly as the training data loader does.
 
-Timestamps: the frontend is a centred STFT (window ``win``, hop ``hop``) and
-latent step ``t`` stacks log-mel frames ``4t .. 4t+3``, so it covers the samples
-``[4t*hop - win/2, (4t+3)*hop + win/2)``. The reported timestamp is the centre of
-that span, ``(4t + 1.5) * hop / sample_rate`` seconds: 0.03 s + t * 0.08 s at the
-paper's settings (20 ms hop, 64 ms window, 16 kHz).
+Timestamps come from the encoder's :class:`~.modules.frontend.StepGeometry`:
+the centre of each 80 ms step, 0.03 s + t * 0.08 s at the paper's settings.
 
 Long audio is processed in windows of ``window_seconds`` that overlap by
 ``overlap_seconds``, read from the file (or array) one window at a time, so
@@ -28,19 +25,16 @@ away from the edge of that window. Audio no longer than one window (plus less
 than one step) is processed in a single pass, identical to calling the model on
 the whole clip.
 """
-import math
-import os
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-import torchaudio
-from fairseq import checkpoint_utils
 
-from .data.audio import AudioReadError, open_audio_file
+from .checkpoint import load_model
+from .data.audio import AudioInput, AudioReader, open_audio, too_short
+from .models import LogmelConformerClassifier, encoder_of
 
-AudioInput = Union[str, os.PathLike, np.ndarray, torch.Tensor]
 WINDOW_POOLING = ("mean", "max")
 
 
@@ -129,106 +123,6 @@ def plan_windows(num_samples: int, total_steps: int, samples_per_step: int, wind
     return windows
 
 
-class AudioReader:
-    """Random access to a recording as mono float32 at ``target_rate``, one range at a time.
-
-    ``raw_read(start, end)`` returns source frames ``[start, end)`` as (n, C) at
-    ``source_rate``. Each range is resampled with enough source context on both
-    sides, starting on the resampler's phase grid, so the result equals
-    resampling the whole recording at once (up to float rounding) while only
-    one range is ever decoded. ``close`` releases the source (a file handle);
-    the reader is a context manager that calls it.
-    """
-
-    def __init__(
-        self,
-        raw_read: Callable[[int, int], np.ndarray],
-        num_frames: int,
-        source_rate: int,
-        target_rate: int,
-        close: Optional[Callable[[], None]] = None,
-    ):
-        if source_rate <= 0:
-            raise ValueError(f"sample rate must be positive, got {source_rate}")
-        self.raw_read = raw_read
-        self.num_frames = num_frames
-        self.source_rate = source_rate
-        self.target_rate = target_rate
-        self.resampler = None if source_rate == target_rate else torchaudio.transforms.Resample(source_rate, target_rate)
-        gcd = math.gcd(source_rate, target_rate)
-        # torchaudio resamples in blocks: source frames [k*r, (k+1)*r) give output samples [k*q, (k+1)*q).
-        self.block_in, self.block_out = source_rate // gcd, target_rate // gcd
-        # Output samples are ceil(q * n / r), as torchaudio (and num_samples_at_rate) count them.
-        self.num_samples = -(-num_frames * self.block_out // self.block_in)
-        self.close = close or (lambda: None)
-
-    def __enter__(self) -> "AudioReader":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def read(self, start: int, end: int) -> np.ndarray:
-        """Samples ``[start, end)`` at ``target_rate``: (end - start,) float32."""
-        if not 0 <= start <= end <= self.num_samples:
-            raise ValueError(f"range [{start}, {end}) is outside the recording's {self.num_samples} samples")
-        if self.resampler is None:
-            return self.raw_read(start, end).mean(1, dtype=np.float32)
-        context = self.resampler.width + self.block_in
-        first_block = max(0, (start * self.block_in // self.block_out - context) // self.block_in)
-        raw_start = first_block * self.block_in
-        raw_end = min(self.num_frames, -(-end * self.block_in // self.block_out) + context)
-        mono = torch.from_numpy(self.raw_read(raw_start, raw_end).mean(1, dtype=np.float32))
-        offset = first_block * self.block_out
-        return self.resampler(mono)[start - offset : end - offset].numpy()
-
-
-def open_audio(audio: AudioInput, sample_rate: Optional[int], target_rate: int) -> AudioReader:
-    """A reader for a file path (``sample_rate`` must be None: the file has one) or an array/tensor.
-
-    Arrays are (S,) or (S, C) with channels last, float in [-1, 1] or signed integer PCM.
-    """
-    if isinstance(audio, (str, os.PathLike)):
-        if sample_rate is not None:
-            raise ValueError(f"sample_rate={sample_rate} was given with a file path; the file's own rate is used")
-        path = os.fspath(audio)
-        handle = open_audio_file(path)
-
-        def read_file(start: int, end: int) -> np.ndarray:
-            try:
-                handle.seek(start)
-                block = handle.read(end - start, dtype="float32", always_2d=True)
-            except Exception as error:
-                raise AudioReadError(f"cannot read audio file {path}: {error}") from error
-            if block.shape[0] != end - start:
-                raise AudioReadError(f"cannot read audio file {path}: got {block.shape[0]} frames at {start}, expected {end - start}")
-            if not np.isfinite(block).all():
-                raise AudioReadError(f"cannot read audio file {path}: NaN or Inf sample values after frame {start}")
-            return block
-
-        return AudioReader(read_file, handle.frames, handle.samplerate, target_rate, close=handle.close)
-    if sample_rate is None:
-        raise ValueError("sample_rate is required for array input")
-    samples = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-    if samples.ndim == 1:
-        samples = samples[:, None]
-    if samples.ndim != 2 or samples.shape[1] > samples.shape[0]:
-        raise ValueError(
-            f"expected audio of shape (S,) or (S, C) with channels last, got {samples.shape}; transpose a (C, S) array"
-        )
-    if np.issubdtype(samples.dtype, np.signedinteger):
-        scale = 1.0 / 2 ** (8 * samples.dtype.itemsize - 1)
-    elif np.issubdtype(samples.dtype, np.floating):
-        scale = 1.0
-        if not np.isfinite(samples).all():
-            raise ValueError(f"audio holds {int((~np.isfinite(samples)).sum())} NaN or Inf sample values")
-    else:
-        raise ValueError(f"expected float or signed integer samples, got dtype {samples.dtype}")
-    return AudioReader(
-        lambda start, end: samples[start:end].astype(np.float32) * np.float32(scale), samples.shape[0], int(sample_rate), target_rate
-    )
-
-
 class AudioModel:
     """A ``logmel_conformer`` or ``logmel_conformer_classifier`` in eval mode, with windowed inference.
 
@@ -246,24 +140,18 @@ class AudioModel:
         overlap_seconds: float = 2.0,
         batch_size: int = 4,
     ):
-        self.is_classifier = hasattr(model, "class_names") and hasattr(model, "frame_probabilities")
-        self.encoder = model.encoder if self.is_classifier else model
-        if not hasattr(self.encoder, "extract_features") or not hasattr(self.encoder, "frontend"):
-            raise ValueError(f"expected a logmel_conformer or logmel_conformer_classifier model, got {type(model).__name__}")
+        self.encoder = encoder_of(model)
+        self.is_classifier = isinstance(model, LogmelConformerClassifier)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        frontend = self.encoder.frontend
-        self.sample_rate: int = frontend.sample_rate
-        self.samples_per_step: int = self.encoder.samples_per_step
-        self.step_seconds = self.samples_per_step / self.sample_rate
-        stack = self.encoder.feature_encoder.stack
-        # Centre of the span of step 0: frames 0 .. stack-1 are centred at 0 .. (stack-1)*hop.
-        self.first_timestamp = (stack - 1) / 2 * frontend.hop_length / self.sample_rate
-        self.window_steps = round(window_seconds / self.step_seconds)
-        overlap_steps = round(overlap_seconds / self.step_seconds)
+        self.geometry = self.encoder.geometry
+        self.sample_rate: int = self.geometry.sample_rate
+        step_seconds = self.geometry.step_seconds
+        self.window_steps = round(window_seconds / step_seconds)
+        overlap_steps = round(overlap_seconds / step_seconds)
         if not 2 <= overlap_steps < self.window_steps:
             raise ValueError(
-                f"need 2 steps ({2 * self.step_seconds:.2f} s) <= overlap < window, got window_seconds={window_seconds} "
+                f"need 2 steps ({2 * step_seconds:.2f} s) <= overlap < window, got window_seconds={window_seconds} "
                 f"({self.window_steps} steps) and overlap_seconds={overlap_seconds} ({overlap_steps} steps)"
             )
         self.hop_steps = self.window_steps - overlap_steps
@@ -272,16 +160,24 @@ class AudioModel:
         self.batch_size = batch_size
 
     @classmethod
-    def from_checkpoint(cls, path: str, device: Union[str, torch.device] = "cpu", arg_overrides: Optional[dict] = None, **kwargs) -> "AudioModel":
+    def from_checkpoint(
+        cls,
+        path: str,
+        device: Union[str, torch.device] = "cpu",
+        arg_overrides: Optional[Dict[str, Any]] = None,
+        user_dir: Optional[str] = None,
+        **kwargs,
+    ) -> "AudioModel":
         """Load a checkpoint of this plugin with fairseq; ``kwargs`` go to :class:`AudioModel`.
 
         ``arg_overrides`` replaces saved config values by name (fairseq's
-        ``arg_overrides``), e.g. ``{"data": folder}`` if the task needs its data.
+        ``arg_overrides``), e.g. ``{"data": folder}`` if the task needs its data;
+        ``user_dir`` is the plugin folder of a checkpoint trained with a task of
+        the user's own (fairseq's ``--user-dir``). Raises
+        :class:`~.checkpoint.CheckpointError` naming the file if it cannot be used.
         """
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint {path} does not exist")
-        models, _, _ = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides=arg_overrides)
-        return cls(models[0], device=device, **kwargs)
+        model, _, _ = load_model(path, user_dir=user_dir, arg_overrides=arg_overrides)
+        return cls(model, device=device, **kwargs)
 
     @property
     def class_names(self) -> Optional[List[str]]:
@@ -290,26 +186,14 @@ class AudioModel:
 
     @property
     def embedding_dim(self) -> int:
-        return self.encoder.cfg.encoder_dim
-
-    def num_steps(self, num_samples: int) -> int:
-        """Latent steps the model gives for ``num_samples`` samples at its rate."""
-        frames = self.encoder.frontend.num_frames(torch.tensor(num_samples))
-        return int(self.encoder.feature_encoder.num_steps(frames))
-
-    def timestamps(self, first_step: int, count: int) -> np.ndarray:
-        """(count,) centres in seconds of steps ``first_step ..``."""
-        return self.first_timestamp + np.arange(first_step, first_step + count, dtype=np.float64) * self.step_seconds
+        return self.encoder.embedding_dim
 
     def _plan(self, reader: AudioReader) -> Tuple[int, List[Window]]:
-        total_steps = self.num_steps(reader.num_samples)
-        if total_steps < 1:
-            minimum = self.samples_per_step - self.encoder.frontend.hop_length
-            raise ValueError(
-                f"audio of {reader.num_samples} samples at {self.sample_rate} Hz is shorter than one step: "
-                f"need at least {minimum} samples ({minimum / self.sample_rate:.3f} s)"
-            )
-        windows = plan_windows(reader.num_samples, total_steps, self.samples_per_step, self.window_steps, self.hop_steps)
+        reason = too_short(reader.num_samples, self.geometry.min_samples, self.sample_rate)
+        if reason:
+            raise ValueError(f"audio {reason}")
+        total_steps = self.geometry.num_steps(reader.num_samples)
+        windows = plan_windows(reader.num_samples, total_steps, self.geometry.samples_per_step, self.window_steps, self.hop_steps)
         return total_steps, windows
 
     def _batches(self, windows: Sequence[Window]) -> Iterator[List[Window]]:
@@ -348,7 +232,7 @@ class AudioModel:
         with open_audio(audio, sample_rate, self.sample_rate) as reader:
             _, windows = self._plan(reader)
             for window, kept, _ in self._run(reader, windows, self._embedding_steps, None):
-                yield FrameChunk(window.keep_start, self.timestamps(window.keep_start, len(kept)), kept)
+                yield FrameChunk(window.keep_start, self.geometry.timestamps(window.keep_start, len(kept)), kept)
 
     def embed(self, audio: AudioInput, sample_rate: Optional[int] = None) -> Embeddings:
         """Frame embeddings (T', D), their timestamps (T',) and the clip embedding (D,) of a file or array."""
@@ -360,7 +244,7 @@ class AudioModel:
             duration = reader.num_samples / self.sample_rate
         return Embeddings(
             frame_embeddings=frames,
-            timestamps=self.timestamps(0, total_steps),
+            timestamps=self.geometry.timestamps(0, total_steps),
             clip_embedding=frames.mean(0, dtype=np.float64).astype(np.float32),
             duration=duration,
         )
@@ -398,5 +282,5 @@ class AudioModel:
             probabilities=pooled.astype(np.float32),
             multilabel=bool(self.model.multilabel),
             frame_probabilities=frames,
-            timestamps=self.timestamps(0, total_steps) if frame_level else None,
+            timestamps=self.geometry.timestamps(0, total_steps) if frame_level else None,
         )

@@ -11,8 +11,9 @@ import soundfile as sf
 import torch
 
 from conftest import BIN_DIR, hydra_train, run_cli
-from fairseq_logmel_conformer.cli.make_manifest import check_manifest
-from fairseq_logmel_conformer.data.audio import AudioReadError, num_samples_at_rate, read_audio, read_manifest
+from fairseq_logmel_conformer.data.manifest import check_manifest
+from fairseq_logmel_conformer.data.audio import AudioReadError, num_samples_at_rate, read_audio
+from fairseq_logmel_conformer.data.manifest import read_manifest
 from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
 from fairseq_logmel_conformer.data.manifest_dataset import PROBED_ENTRIES, ManifestAudioDataset
 from fairseq_logmel_conformer.data.synthetic import write_dataset
@@ -211,8 +212,9 @@ def test_short_clips_are_left_out_with_a_warning(tmp_path, caplog):
     write(folder / "short.wav", tone(0.05, RATE))
     with caplog.at_level(logging.WARNING):
         dataset = ManifestAudioDataset(write_manifest(folder, entries + [("short.wav", 800)]), RATE, min_sample_size=1280)
-    assert len(dataset) == len(entries) and "left out 1 clips shorter than 1280 samples" in caplog.text
-    with pytest.raises(ValueError, match="none of its 1 clips has at least 1280 samples"):
+    assert len(dataset) == len(entries) and "left out 1 clips (task.min_sample_size=1280)" in caplog.text
+    assert "train.tsv:14: " + os.path.join(folder, "short.wav") + ": too short: 800 samples (0.050 s) at 16000 Hz, the minimum is 1280 (0.080 s)" in caplog.text
+    with pytest.raises(ValueError, match="none of its 1 clips is long enough to train on"):
         ManifestAudioDataset(write_manifest(folder, [("short.wav", 800)]), RATE, min_sample_size=1280)
 
 
@@ -275,7 +277,7 @@ def test_manifest_build_leaves_out_and_lists_bad_files(tmp_path):
     listed = dict(line.split("\t") for line in (tmp_path / "m" / "train.tsv").read_text().splitlines()[1:])
     assert set(listed) == {name for name, _ in entries} | {"stereo48k.wav"} and listed["stereo48k.wav"] == "16000"
     report = (tmp_path / "m" / "unreadable.txt").read_text()
-    assert "empty.wav: the file is empty" in report and "cut.wav: truncated" in report and "short.wav: only 800 samples" in report
+    assert "empty.wav: the file is empty" in report and "cut.wav: truncated" in report and "short.wav: too short: 800 samples (0.050 s) at 16000 Hz, the minimum is 960 (0.060 s)" in report
 
 
 def test_check_reports_every_problem_at_once(tmp_path):
@@ -306,7 +308,7 @@ def test_check_reports_every_problem_at_once(tmp_path):
     where = lambda line: f"{manifest}:{line}: "  # noqa: E731
     expected = {
         5: "no such file", 6: "cannot read audio file", 7: "expected 'relative/path<TAB>num_samples'", 8: "1 NaN or Inf sample values",
-        9: "800 samples at 16000 Hz, fewer than --min-samples 1280", 10: "the manifest says 9999 samples, the file has 8000",
+        9: "too short: 800 samples (0.050 s) at 16000 Hz, the minimum is 1280 (0.080 s)", 10: "the manifest says 9999 samples, the file has 8000",
     }
     for line, message in expected.items():
         assert any(p.startswith(where(line)) and message in p for p in report.problems), (line, report.problems)

@@ -171,8 +171,8 @@ def test_esc_benchmark_training_fold_audio_leaves_every_evaluated_fold_out(tmp_p
 
 def test_esc_benchmark_pretraining_fraction_keeps_nested_shares_of_the_duration_and_the_same_valid_clips(tmp_path):
     from benchmarks.esc50_pretrain_vs_scratch import manifest_hours, parse_args, subset_manifest
-    from fairseq_logmel_conformer.cli.make_manifest import write_manifest
-    from fairseq_logmel_conformer.data.audio import read_manifest
+    from fairseq_logmel_conformer.data.manifest import write_manifest
+    from fairseq_logmel_conformer.data.manifest import read_manifest
 
     clip_samples = [16000 * (1 + i % 7) for i in range(40)]
     source = tmp_path / "full"

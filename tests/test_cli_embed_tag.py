@@ -9,7 +9,7 @@ import soundfile as sf
 from conftest import REPO_ROOT, run_cli
 
 from fairseq_logmel_conformer.cli import embed, tag
-from fairseq_logmel_conformer.data.audio import read_manifest
+from fairseq_logmel_conformer.data.manifest import read_manifest
 from fairseq_logmel_conformer.inference import AudioModel
 
 

@@ -9,6 +9,7 @@ import torch
 from fairseq_logmel_conformer.cli.export import main as export_main
 from fairseq_logmel_conformer.data.synthetic import synthesize
 from fairseq_logmel_conformer.export import FrameEmbedder, OnnxExportError, export_onnx, load_embedder
+from fairseq_logmel_conformer.models import encoder_of
 from fairseq_logmel_conformer.models.logmel_conformer_classifier import LogmelConformerClassifier, LogmelConformerClassifierConfig
 
 SAMPLE_RATE = 16000
@@ -137,7 +138,7 @@ def test_a_fine_tuned_classifier_exports_its_encoder(embedder):
     cfg = LogmelConformerClassifierConfig(encoder=encoder_cfg, sample_rate=SAMPLE_RATE, class_names=["a", "b", "c"])
     classifier = LogmelConformerClassifier(cfg)
     classifier.load_encoder_weights(embedder.encoder.state_dict())
-    classifier_embedder = FrameEmbedder(classifier).eval()
+    classifier_embedder = FrameEmbedder(encoder_of(classifier)).eval()
     assert classifier_embedder.encoder is classifier.encoder
     scripted = torch.jit.script(classifier_embedder)
     waveform = real_audio(1.5, "tone")

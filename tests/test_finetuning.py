@@ -13,7 +13,6 @@ from fairseq_logmel_conformer.data.manifest_dataset import ManifestAudioDataset
 from fairseq_logmel_conformer.metrics import compute_metrics
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerModel
 from fairseq_logmel_conformer.models.logmel_conformer_classifier import LogmelConformerClassifier, LogmelConformerClassifierConfig, encoder_config
-from fairseq_logmel_conformer.optim.logmel_adamw import lr_scale
 from fairseq_logmel_conformer.tasks.labelled_audio import ClipScoreMeter
 
 TINY_ENCODER = {"_name": "logmel_conformer", "encoder_dim": 32, "encoder_layers": 1, "encoder_heads": 4, "encoder_ffn_dim": 64, "first_kernel_size": 7}
@@ -126,23 +125,6 @@ def test_reinit_last_blocks_loads_the_others_and_starts_those_where_a_scratch_ru
     for name, value in model.encoder.state_dict().items():
         expected = scratch[name] if name.startswith("context_encoder.layers.1.") else pretrained.state_dict()[name]
         torch.testing.assert_close(value, expected, rtol=0, atol=0, msg=name)
-
-
-def test_pretrained_lr_scale_marks_the_loaded_weights_only():
-    two_blocks = dict(TINY_ENCODER, encoder_layers=2)
-    pretrained = classifier(encoder=two_blocks).encoder.state_dict()
-    model = classifier(encoder=two_blocks, reinit_last_blocks=1, pretrained_lr_scale=0.1)
-    assert {lr_scale(p) for p in model.parameters()} == {1.0}, "nothing is marked before weights are loaded"
-    model.load_encoder_weights(pretrained)
-    for name, parameter in model.named_parameters():
-        full_rate = name.startswith(("head.", "encoder.context_encoder.layers.1."))
-        assert lr_scale(parameter) == (1.0 if full_rate else 0.1), name
-
-
-@pytest.mark.parametrize("scale", [0.0, -0.1])
-def test_pretrained_lr_scale_must_be_positive(scale):
-    with pytest.raises(ValueError, match=f"model.pretrained_lr_scale must be positive, got {scale}"):
-        classifier(pretrained_lr_scale=scale)
 
 
 def test_reinit_last_blocks_cannot_exceed_the_encoders_blocks():

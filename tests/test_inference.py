@@ -7,9 +7,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from fairseq_logmel_conformer.data.audio import read_audio, to_mono_at_rate
+from fairseq_logmel_conformer.data.audio import open_audio, read_audio, to_mono_at_rate
 from fairseq_logmel_conformer.data.synthetic import synthesize
-from fairseq_logmel_conformer.inference import AudioModel, open_audio, plan_windows
+from fairseq_logmel_conformer.inference import AudioModel, plan_windows
+from fairseq_logmel_conformer.models.logmel_conformer import masked_mean
 
 RATE = 16000
 
@@ -73,7 +74,7 @@ def test_embed_shapes_timestamps_and_single_pass(model, tmp_path):
     assert result.duration == pytest.approx(2.5)
     np.testing.assert_allclose(result.frame_embeddings, single_pass(model, samples), atol=1e-5)
     with torch.inference_mode():
-        reference_clip = model.encoder.clip_embedding(torch.from_numpy(samples)[None])[0].numpy()
+        reference_clip = masked_mean(*model.encoder.extract_features(torch.from_numpy(samples)[None]))[0].numpy()
     np.testing.assert_allclose(result.clip_embedding, reference_clip, atol=1e-5)
 
 
@@ -121,7 +122,7 @@ def test_long_clip_is_stitched_from_windows(pretrained_checkpoint):
     # float32 sums over hundreds of frames round differently in each order: agree to float32 precision.
     np.testing.assert_allclose(result.clip_embedding, result.frame_embeddings.mean(0), rtol=1e-5, atol=1e-6)
     # Each step is exactly the model's output for its window at the matching position.
-    windows = plan_windows(len(samples), len(reference), model.samples_per_step, model.window_steps, model.hop_steps)
+    windows = plan_windows(len(samples), len(reference), model.geometry.samples_per_step, model.window_steps, model.hop_steps)
     assert len(windows) > 5
     for window in windows:
         local = single_pass(model, samples[window.start_sample : window.end_sample])
@@ -164,7 +165,7 @@ def test_one_hour_file_is_processed_in_bounded_windows(model, tmp_path, monkeypa
     assert result.frame_embeddings.shape == (45000, model.embedding_dim)
     assert result.timestamps[-1] == pytest.approx(0.03 + 44999 * 0.08)
     assert result.duration == pytest.approx(3600.0)
-    assert max(shape[1] for shape in inputs) <= (model.window_steps + 1) * model.samples_per_step + 320
+    assert max(shape[1] for shape in inputs) <= (model.window_steps + 1) * model.geometry.samples_per_step + 320
     assert max(shape[0] for shape in inputs) <= model.batch_size
     # The decoded hour is 230 MB of float32; only a batch of windows (plus the result) is ever held.
     held = result.frame_embeddings.nbytes + result.timestamps.nbytes
@@ -172,7 +173,7 @@ def test_one_hour_file_is_processed_in_bounded_windows(model, tmp_path, monkeypa
 
 
 def test_invalid_inputs_are_rejected(model, tmp_path):
-    with pytest.raises(ValueError, match="shorter than one step: need at least 960 samples"):
+    with pytest.raises(ValueError, match=r"audio too short: 959 samples \(0.060 s\) at 16000 Hz, the minimum is 960 \(0.060 s\)"):
         model.embed(np.zeros(959, np.float32), RATE)
     with pytest.raises(ValueError, match="sample_rate is required"):
         model.embed(np.zeros(RATE, np.float32))
@@ -216,7 +217,7 @@ def test_classifier_pools_the_windows_of_long_audio(finetuned_checkpoint):
     samples = np.concatenate([clip("tone", 2.0), clip("clicks", 2.0)])
     mean = model.predict(samples, RATE, frame_level=True)
     highest = model.predict(samples, RATE, window_pooling="max")
-    windows = plan_windows(len(samples), len(mean.timestamps), model.samples_per_step, model.window_steps, model.hop_steps)
+    windows = plan_windows(len(samples), len(mean.timestamps), model.geometry.samples_per_step, model.window_steps, model.hop_steps)
     with torch.inference_mode():
         per_window = np.stack([model.model.predict(torch.from_numpy(samples[w.start_sample : w.end_sample])[None])[0].numpy() for w in windows])
     weights = np.array([w.keep_end - w.keep_start for w in windows]) / len(mean.timestamps)
@@ -232,10 +233,16 @@ def test_bad_audio_fails_with_a_message_naming_it(model, tmp_path):
 
     with pytest.raises(AudioReadError, match="missing.wav: no such file"):
         model.embed(str(tmp_path / "missing.wav"))
-    nan_clip = np.zeros(16000, dtype=np.float32)
-    nan_clip[100] = np.nan
-    with pytest.raises(ValueError, match="1 NaN or Inf"):
+    # NaNs at samples 1000-1099 of a long recording, read window by window: the message says where they are.
+    nan_clip = np.zeros(30 * 16000, dtype=np.float32)
+    nan_clip[1000:1100] = np.nan
+    with pytest.raises(ValueError, match="100 NaN or Inf sample values at frames 1000-1099"):
         model.embed(nan_clip, sample_rate=16000)
     sf.write(str(tmp_path / "nan.wav"), nan_clip, 16000, subtype="FLOAT")
-    with pytest.raises(AudioReadError, match="nan.wav: NaN or Inf"):
+    with pytest.raises(AudioReadError, match="nan.wav: 100 NaN or Inf sample values at frames 1000-1099"):
         model.embed(str(tmp_path / "nan.wav"))
+    late = np.zeros(30 * 16000, dtype=np.float32)
+    late[25 * 16000] = np.inf
+    sf.write(str(tmp_path / "late.wav"), late, 16000, subtype="FLOAT")
+    with pytest.raises(AudioReadError, match="late.wav: 1 NaN or Inf sample values at frame 400000$"):
+        model.embed(str(tmp_path / "late.wav"))

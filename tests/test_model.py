@@ -10,7 +10,7 @@ from torchaudio.models.conformer import ConformerLayer
 
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.criterions.logmel_contrastive import contrastive_logits
-from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
+from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel, masked_mean
 from fairseq_logmel_conformer.modules.conformer import ConvFirstConformerLayer, MaskedConvolutionModule
 from fairseq_logmel_conformer.modules.frontend import StackedFeatureEncoder
 from fairseq_logmel_conformer.modules.masking import (
@@ -104,8 +104,8 @@ def test_batched_forward_equals_per_clip_forward_in_eval_mode(feature_norm):
             valid = (~step_padding[i]).sum()
             assert valid == alone.shape[1]
             torch.testing.assert_close(batched[i, :valid], alone[0], atol=1e-4, rtol=1e-4)
-        clip_embeddings = model.clip_embedding(batch, padding_mask)
-        torch.testing.assert_close(clip_embeddings[1], model.clip_embedding(clips[1][None])[0], atol=1e-4, rtol=1e-4)
+        clip_embeddings = masked_mean(*model.extract_features(batch, padding_mask))
+        torch.testing.assert_close(clip_embeddings[1], masked_mean(*model.extract_features(clips[1][None]))[0], atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -3,12 +3,12 @@ import pytest
 import torch
 from fairseq import utils
 from fairseq.dataclass.configs import FairseqConfig
-from fairseq.optim.adam import Adam, FairseqAdam, FairseqAdamConfig
+from fairseq.optim.adam import Adam
 from fairseq.optim.fp16_optimizer import FP16Optimizer, MemoryEfficientFP16Optimizer
 from omegaconf import OmegaConf
 
 from benchmarks.common import DispatchedOps
-from fairseq_logmel_conformer.optim.logmel_adamw import LogmelAdamW, LogmelAdamWConfig, check_lr_scales, set_lr_scale
+from fairseq_logmel_conformer.optim.logmel_adamw import LogmelAdamW, LogmelAdamWConfig
 
 
 def make_optimizer(params, **fields) -> LogmelAdamW:
@@ -43,32 +43,6 @@ def test_is_fused_and_takes_fairseqs_learning_rate_schedule():
     optimizer.step()
     # Adam's first step moves each weight by lr (times sign of the gradient).
     torch.testing.assert_close(param.detach(), torch.full((3,), -0.5), rtol=0, atol=1e-5)
-
-
-def test_scaled_parameters_take_their_share_of_the_scheduled_rate_even_after_a_reload():
-    scaled, plain = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
-    set_lr_scale(scaled, 0.1)
-    optimizer = make_optimizer([scaled, plain], weight_decay=0.0)
-    optimizer.set_lr(0.5)
-    assert optimizer.get_lr() == 0.5, "the log shows the scheduled rate, whichever group comes first"
-    scaled.grad, plain.grad = torch.ones(3), torch.ones(3)
-    optimizer.step()
-    torch.testing.assert_close(scaled.detach(), torch.full((3,), -0.05), rtol=0, atol=1e-6)
-    torch.testing.assert_close(plain.detach(), torch.full((3,), -0.5), rtol=0, atol=1e-5)
-    # A resumed run keeps its own scales, as fairseq keeps its own learning rate, over the checkpoint's.
-    set_lr_scale(scaled, 0.3)
-    resumed = make_optimizer([scaled, plain])
-    resumed.load_state_dict(optimizer.state_dict(), optimizer_overrides={"lr": 1e-2})
-    resumed.set_lr(0.2)
-    assert sorted(group["lr"] for group in resumed.param_groups) == pytest.approx([0.06, 0.2])
-
-
-def test_an_optimizer_that_ignores_the_scales_is_refused():
-    model = torch.nn.Linear(2, 2)
-    set_lr_scale(model.weight, 0.1)
-    check_lr_scales(model, make_optimizer(list(model.parameters())))
-    with pytest.raises(ValueError, match=r"scales \[0.1, 1.0\] \(model.pretrained_lr_scale\), but the optimizer applies \[1.0\]"):
-        check_lr_scales(model, FairseqAdam(OmegaConf.structured(FairseqAdamConfig(lr=[1e-2], tpu=False)), list(model.parameters())))
 
 
 @pytest.mark.parametrize("max_norm", [0.0, 1.0, 1e6])
@@ -114,7 +88,6 @@ def half_precision_cfg(precision: str):
 def half_model(dtype: torch.dtype, layers: int = 3) -> torch.nn.Module:
     torch.manual_seed(0)
     model = torch.nn.Sequential(*(torch.nn.Linear(6, 6) for _ in range(layers)))
-    set_lr_scale(model[0].weight, 0.1)
     return model.to(dtype)
 
 
@@ -139,7 +112,6 @@ def test_memory_efficient_half_precision_updates_like_fairseqs_fp16_optimizer_to
     efficient = MemoryEfficientFP16Optimizer.build_optimizer(half_precision_cfg(precision), list(ours.parameters()))
     reference = FP16Optimizer.build_optimizer(half_precision_cfg(precision), list(theirs.parameters()))
     assert isinstance(efficient.wrapped_optimizer, LogmelAdamW)
-    check_lr_scales(ours, efficient)
     norms = train_updates(efficient, ours, updates=4)
     assert torch.equal(norms, train_updates(reference, theirs, updates=4))
     assert (norms > 0.5).all(), "every update clips"
@@ -183,7 +155,6 @@ def test_memory_efficient_half_precision_leaves_a_parameter_without_gradient_alo
     for a, b in zip(resumed.wrapped_optimizer.master_params, optimizer.wrapped_optimizer.master_params):
         assert a.dtype == torch.float32 and torch.equal(a, b)
     for saved, loaded in zip(optimizer.param_groups, resumed.param_groups):
-        assert saved["lr_scale"] == loaded["lr_scale"]
         for a, b in zip(saved["params"], loaded["params"]):
             if a.grad is not None:
                 moment = resumed.optimizer.state[b]["exp_avg_sq"]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from fairseq_logmel_conformer.data.audio import read_manifest
+from fairseq_logmel_conformer.data.manifest import read_manifest
 from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
 from fairseq_logmel_conformer.prepare import audioset, esc50, kinetics700, magnatagatune
 from fairseq_logmel_conformer.prepare.cli import main

@@ -13,12 +13,14 @@ import argparse
 import sys
 from typing import List, Optional
 
+from ..checkpoint import CheckpointError
 from ..export import ONNX_OPSET, OnnxExportError, export_onnx, export_torchscript, load_embedder, max_abs_difference, onnx_runner, parity_lengths
+from .common import add_checkpoint_arguments
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="fairseq checkpoint of this plugin")
+    parser = argparse.ArgumentParser(prog="logmel-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_arguments(parser, "a logmel_conformer or logmel_conformer_classifier checkpoint (.pt)")
     parser.add_argument("--torchscript", metavar="OUT.pt", help="write the scripted encoder here")
     parser.add_argument("--onnx", metavar="OUT.onnx", help="write the ONNX encoder here")
     parser.add_argument("--opset", type=int, default=ONNX_OPSET, help="ONNX opset version (default: %(default)s)")
@@ -27,7 +29,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.torchscript and not args.onnx:
         parser.error("give --torchscript and/or --onnx")
 
-    embedder = load_embedder(args.checkpoint)
+    try:
+        embedder = load_embedder(args.checkpoint, args.user_dir)
+    except CheckpointError as error:
+        raise SystemExit(f"error: {error}") from None
     lengths = parity_lengths(embedder.sample_rate)
     differences = {}
     if args.torchscript:

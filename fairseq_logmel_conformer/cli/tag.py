@@ -2,7 +2,8 @@
 
     logmel-tag CHECKPOINT AUDIO [AUDIO ...] [--top-k 5] [--timeline-dir PLOTS] [--labels labels.txt]
 
-AUDIO may be files or folders (searched recursively). For each file, prints its
+AUDIO may be audio files, folders (searched recursively) or fairseq manifests
+(.tsv). For each file, prints its
 path, then one ``probability<TAB>label`` line per class, most probable first.
 With ``--timeline-dir``, also writes ``PLOTS/<name>.png``: the frame-level
 probabilities over time of the file's top ``--timeline-classes`` classes (a
@@ -17,22 +18,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..data.audio import AUDIO_EXTENSIONS, AudioReadError
+from ..data.audio import AudioReadError
 from ..data.labels import LabelVocabulary
 from ..inference import WINDOW_POOLING, Prediction
-from .embed import add_model_arguments, load_model, report_unreadable
-from .make_manifest import find_audio
-
-
-def expand_inputs(paths: List[str]) -> List[str]:
-    """Files as given, folders replaced by the audio files under them (sorted)."""
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            files.extend(os.path.join(path, f) for f in find_audio(path, list(AUDIO_EXTENSIONS)))
-        else:
-            files.append(path)
-    return files
+from .common import add_checkpoint_arguments, add_device_arguments, add_window_arguments, expand_inputs, load_audio_model, report_unreadable
 
 
 def plot_timeline(prediction: Prediction, names: List[str], num_classes: int, title: str, path: str) -> None:
@@ -66,17 +55,19 @@ def timeline_path(folder: str, audio_path: str, used: Dict[str, int]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser)
-    parser.add_argument("audio", nargs="+", help="audio files or folders")
+    parser = argparse.ArgumentParser(prog="logmel-tag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_checkpoint_arguments(parser, "a logmel_conformer_classifier (fine-tuned) checkpoint (.pt)")
+    parser.add_argument("audio", nargs="+", help="audio files, folders searched recursively, or fairseq manifests (.tsv)")
     parser.add_argument("--top-k", type=int, default=5, help="classes printed per file (default: %(default)s)")
     parser.add_argument("--timeline-dir", help="write a PNG of the frame-level probabilities of each file here")
     parser.add_argument("--timeline-classes", type=int, default=5, help="classes shown in each timeline (default: %(default)s)")
     parser.add_argument("--window-pooling", choices=WINDOW_POOLING, default="mean", help="how the windows of a long file are pooled (default: %(default)s)")
     parser.add_argument("--labels", help="labels.txt whose second column gives display names")
+    add_device_arguments(parser)
+    add_window_arguments(parser)
     args = parser.parse_args(argv)
 
-    model = load_model(args)
+    model = load_audio_model(args)
     if not model.is_classifier:
         raise SystemExit(f"error: {args.checkpoint} holds a pre-trained model without a classifier; use logmel-embed for embeddings")
     names = model.class_names
@@ -89,7 +80,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         os.makedirs(args.timeline_dir, exist_ok=True)
     used_names: Dict[str, int] = {}
     failures = []
-    for path in expand_inputs(args.audio):
+    for path in (audio.path for audio in expand_inputs(args.audio)):
         try:
             prediction = model.predict(path, frame_level=bool(args.timeline_dir), window_pooling=args.window_pooling)
         except (AudioReadError, ValueError) as error:

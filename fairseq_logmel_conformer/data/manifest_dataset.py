@@ -7,13 +7,16 @@ import numpy as np
 import torch
 from fairseq.data.audio.raw_audio_dataset import RawAudioDataset
 
-from .audio import SIZE_TOLERANCE, AudioReadError, num_samples_at_rate, read_audio, read_manifest
+from .audio import SIZE_TOLERANCE, AudioReadError, num_samples_at_rate, read_audio, too_short
+from .manifest import read_manifest
 
 logger = logging.getLogger(__name__)
 
 # Entries whose headers are read when the dataset is built: enough to catch a wrong root
 # folder or a manifest counted at another sample rate, cheap even on a network file system.
 PROBED_ENTRIES = 8
+# Clips left out for being too short are named in the log, the first ones of them.
+SHORT_CLIPS_LISTED = 10
 
 
 def fix_hint(manifest_path: str) -> str:
@@ -71,13 +74,17 @@ class ManifestAudioDataset(RawAudioDataset):
         self.line_indices = np.array(
             [i for i, size in enumerate(self.manifest.sizes) if size >= min_sample_size], dtype=np.int64
         )
-        skipped = len(self.manifest.sizes) - len(self.line_indices)
-        if skipped:
-            logger.warning(f"{manifest_path}: left out {skipped} clips shorter than {min_sample_size} samples")
+        short = [
+            f"{self.manifest.location(i)}: {self.manifest.audio_path(i)}: {too_short(size, min_sample_size, sample_rate)}"
+            for i, size in enumerate(self.manifest.sizes)
+            if size < min_sample_size
+        ]
+        listed = ""
+        if short:
+            listed = "\n".join(short[:SHORT_CLIPS_LISTED]) + ("\n..." if len(short) > SHORT_CLIPS_LISTED else "")
+            logger.warning(f"{manifest_path}: left out {len(short)} clips (task.min_sample_size={min_sample_size}):\n{listed}")
         if len(self.line_indices) == 0:
-            raise ValueError(
-                f"{manifest_path}: none of its {len(self.manifest.sizes)} clips has at least {min_sample_size} samples"
-            )
+            raise ValueError(f"{manifest_path}: none of its {len(self.manifest.sizes)} clips is long enough to train on\n{listed}".rstrip())
         self.sizes = np.array(self.manifest.sizes, dtype=np.int64)[self.line_indices]
         self.seed = seed
         self.skip_unreadable = skip_unreadable

@@ -1,4 +1,15 @@
-"""``logmel_conformer``: the paper's self-supervised conformer (logmel -> stacked frames -> masked conformer)."""
+"""``logmel_conformer``: the paper's self-supervised conformer (logmel -> stacked frames -> masked conformer).
+
+The encoder's surface, which fine-tuning, inference, export and HEAR use:
+
+- ``geometry``: a :class:`~..modules.frontend.StepGeometry` (sample rate,
+  samples per step, timestamp of each step, minimum clip length);
+- ``extract_features(source, padding_mask)``: frame embeddings (B, T', d), the
+  composition of its two stages ``logmel`` (waveform -> log-mel frames) and
+  ``encode_logmel`` (frames -> embeddings), between which fine-tuning inserts
+  its augmentations;
+- ``forward``: the masked pre-training pass.
+"""
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -9,7 +20,7 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 
 from ..modules.conformer import ConformerContextEncoder
-from ..modules.frontend import FEATURE_NORMS, LogmelFrontend, StackedFeatureEncoder, lengths_to_padding_mask
+from ..modules.frontend import FEATURE_NORMS, LogmelFrontend, StackedFeatureEncoder, StepGeometry, lengths_to_padding_mask
 from ..modules.masking import compute_span_mask, max_masked_steps
 
 FEATURE_NORM_CHOICES = ChoiceEnum(list(FEATURE_NORMS))
@@ -23,17 +34,16 @@ class LogmelConformerConfig(FairseqDataclass):
     hop_ms: float = field(default=20.0, metadata={"help": "STFT hop in milliseconds"})
     stack_frames: int = field(default=4, metadata={"help": "consecutive log-mel frames stacked into one latent step"})
     feature_norm: FEATURE_NORM_CHOICES = field(
-        default="layer",
+        default="global",
         metadata={
-            "help": "normalisation of each stacked step before the projection to Z. layer: layer norm over the step "
-            "(wav2vec 2.0's CNN features), which removes its level; global: (logmel - logmel_mean) / logmel_std with "
-            "fixed scalars (AST, BEATs), which keeps it. The shipped configs set global; layer stays the default "
-            "because checkpoints saved before this field existed were trained with it"
+            "help": "normalisation of each stacked step before the projection to Z. global: (logmel - logmel_mean) / "
+            "logmel_std with fixed scalars (AST, BEATs), which keeps each step's level, so a faint background and a "
+            "loud event stay apart; layer: layer norm over the step (wav2vec 2.0's CNN features), which removes it"
         },
     )
     logmel_mean: float = field(
         default=-3.55,
-        metadata={"help": "global feature_norm: the log-mel mean subtracted (default: measured on the ESC benchmark's pre-training audio)"},
+        metadata={"help": "global feature_norm: the log-mel mean subtracted (measured on real non-speech audio)"},
     )
     logmel_std: float = field(
         default=5.68,
@@ -72,19 +82,44 @@ class LogmelConformerModel(BaseFairseqModel):
     def build_model(cls, cfg: LogmelConformerConfig, task=None):
         return cls(cfg)
 
-    @property
-    def samples_per_step(self) -> int:
-        """Waveform samples per latent step (the hop times the stack: 80 ms at the paper's settings)."""
-        return self.frontend.hop_length * self.feature_encoder.stack
+    # TorchScript compiles module properties; the geometry is host-side arithmetic for the callers.
+    __jit_unused_properties__ = ["geometry", "embedding_dim"]
 
-    def encode_latents(
+    @property
+    def geometry(self) -> StepGeometry:
+        """Where the output steps lie in the input waveform (80 ms steps at the paper's settings)."""
+        return StepGeometry(self.frontend.sample_rate, self.frontend.hop_length, self.feature_encoder.stack)
+
+    @property
+    def embedding_dim(self) -> int:
+        """d, the size of each frame embedding of :meth:`extract_features`."""
+        return self.cfg.encoder_dim
+
+    def logmel(
         self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(B, S) waveform, (B, S) sample padding mask -> latent Z (B, T', latent_dim), (B, T') step padding mask."""
+        """(B, S) waveform, (B, S) sample padding mask -> log-mel frames (B, T, n_mels) fp32, (B,) frame counts or None."""
         lengths = None if padding_mask is None else (~padding_mask).sum(1)
-        return self.encode_frames(*self.frontend(source, lengths))
+        return self.frontend(source, lengths)
 
-    def encode_frames(
+    def encode_logmel(
+        self, frames: torch.Tensor, frame_lengths: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(B, T, n_mels) log-mel, (B,) frame counts -> frame embeddings (B, T // stack, encoder_dim), (B, T') padding mask."""
+        latents, step_padding = self.latents(frames, frame_lengths)
+        return self.context_encoder(latents, self.attention_padding(step_padding), project=False), step_padding
+
+    def extract_features(
+        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Unmasked frame embeddings: (B, S) waveform -> (B, T', encoder_dim), (B, T') padding mask (or None).
+
+        Step ``t`` is centred at ``geometry.timestamps(t, 1)`` seconds.
+        """
+        frames, frame_lengths = self.logmel(source, padding_mask)
+        return self.encode_logmel(frames, frame_lengths)
+
+    def latents(
         self, frames: torch.Tensor, frame_lengths: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(B, T, n_mels) log-mel, (B,) frame counts -> latent Z (B, T // stack, latent_dim), (B, T') step padding mask."""
@@ -109,7 +144,7 @@ class LogmelConformerModel(BaseFairseqModel):
         when ``mask`` is False), ``max_masked_steps`` (int, a bound on any clip's
         masked steps, or None) and ``padding_mask`` (B, T') True at padding (or None).
         """
-        latents, step_padding = self.encode_latents(source, padding_mask)
+        latents, step_padding = self.latents(*self.logmel(source, padding_mask))
         batch, steps, _ = latents.shape
         time_mask = None
         mask_bound = None
@@ -147,22 +182,18 @@ class LogmelConformerModel(BaseFairseqModel):
         self.mask_embedding = None
         self.context_encoder.proj_out = None
 
-    def extract_features(
-        self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None
-    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Unmasked frame embeddings: (B, S) waveform -> (B, T', encoder_dim), (B, T') padding mask (or None).
+    def adopt_feature_norm(self, state_dict: Dict[str, torch.Tensor], prefix: str = "") -> None:
+        """Take the feature normalisation ``state_dict`` was trained with: a checkpoint from before
+        ``feature_norm`` existed holds the layer norm that was then the only one, and its config does not say so."""
+        if prefix + "feature_encoder.layer_norm.weight" in state_dict and self.cfg.feature_norm != "layer":
+            self.cfg.feature_norm = "layer"
+            cfg = self.cfg
+            layer = StackedFeatureEncoder(cfg.n_mels, cfg.stack_frames, cfg.latent_dim, "layer")
+            self.feature_encoder = layer.to(self.feature_encoder.proj.weight)
 
-        Frame ``t`` covers the 80 ms starting at ``t * samples_per_step / sample_rate`` seconds
-        (less half a 64 ms window, from the centred STFT).
-        """
-        latents, step_padding = self.encode_latents(source, padding_mask)
-        features = self.context_encoder(latents, self.attention_padding(step_padding), project=False)
-        return features, step_padding
-
-    def clip_embedding(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, S) waveform -> (B, encoder_dim), the mean of the frame embeddings over valid frames."""
-        features, step_padding = self.extract_features(source, padding_mask)
-        return masked_mean(features, step_padding)
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        self.adopt_feature_norm(state_dict)
+        return super().load_state_dict(state_dict, strict, model_cfg, args)
 
 
 def masked_mean(features: torch.Tensor, padding_mask: Optional[torch.Tensor]) -> torch.Tensor:

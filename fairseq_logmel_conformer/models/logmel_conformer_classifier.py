@@ -12,7 +12,6 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II, DictConfig, OmegaConf, open_dict
 
 from ..modules.augment import mixup, temporal_jitter, time_mask
-from ..optim.logmel_adamw import set_lr_scale
 from .logmel_conformer import LogmelConformerConfig, LogmelConformerModel, masked_mean
 
 POOLING_CHOICES = ChoiceEnum(["mean", "linear_softmax"])
@@ -31,15 +30,7 @@ class LogmelConformerClassifierConfig(FairseqDataclass):
         metadata={
             "help": "start the last N conformer blocks from random weights instead of pretrained_path's: the blocks next "
             "to the contrastive head learn to predict its targets and can transfer worse than random ones (Pasad et al., "
-            "2021, for wav2vec 2.0; benchmarks/results/esc50_findings.md). No effect when training from scratch"
-        },
-    )
-    pretrained_lr_scale: float = field(
-        default=1.0,
-        metadata={
-            "help": "learning rate of the weights loaded from pretrained_path, as a fraction of optimization.lr; the head "
-            "and the restarted blocks take the full rate (discriminative fine-tuning: a rate that trains a random "
-            "encoder overwrites a pre-trained one). Needs optimizer=logmel_adamw. No effect when training from scratch"
+            "2021, for wav2vec 2.0). No effect when training from scratch"
         },
     )
     jitter_samples: int = field(default=200, metadata={"help": "training: shift each waveform by a random integer in [-jitter_samples, jitter_samples] (0: off)"})
@@ -54,28 +45,28 @@ def encoder_config(cfg: LogmelConformerClassifierConfig) -> DictConfig:
     return OmegaConf.merge(OmegaConf.structured(LogmelConformerConfig(sample_rate=cfg.sample_rate)), cfg.encoder)
 
 
-def load_pretrained_encoder(cfg: LogmelConformerClassifierConfig) -> Optional[Dict[str, torch.Tensor]]:
-    """Fill ``cfg.encoder`` from ``cfg.pretrained_path`` and return the encoder weights to load.
+def resolve_encoder(cfg: LogmelConformerClassifierConfig) -> Optional[Dict[str, torch.Tensor]]:
+    """Write the encoder's whole config into ``cfg.encoder``; return the weights of ``cfg.pretrained_path`` to load.
 
-    Called by the fine-tuning tasks on the config they hand to fairseq, so that
-    the pre-training config is saved in every fine-tuned checkpoint (fairseq's
-    ``w2v_args`` pattern). Returns None when there is no checkpoint to load.
+    The fine-tuning tasks call this on the config fairseq saves (models get a
+    merged copy), so that every fine-tuned checkpoint holds its encoder's config,
+    every field of it (a default changed later must not change how it loads),
+    and reloads without the pre-training checkpoint (fairseq's ``w2v_args``
+    pattern). Returns None when training from scratch.
     """
-    if not cfg.pretrained_path:
-        if cfg.encoder is None:
-            raise ValueError("set model.pretrained_path, or an encoder architecture (e.g. +encoder=cfS) to train from scratch")
-        # Every field, not only those the encoder YAML lists: a default changed later must not change how the
-        # fine-tuned checkpoint loads.
+    state = None
+    if cfg.pretrained_path:
+        state = checkpoint_utils.load_checkpoint_to_cpu(cfg.pretrained_path)
+        model_cfg = state["cfg"]["model"]
+        if model_cfg.get("_name") != "logmel_conformer":
+            raise ValueError(f"{cfg.pretrained_path} holds a {model_cfg.get('_name')!r} model, expected a logmel_conformer pre-training checkpoint")
         with open_dict(cfg):
-            cfg.encoder = OmegaConf.to_container(encoder_config(cfg), resolve=True)
-        return None
-    state = checkpoint_utils.load_checkpoint_to_cpu(cfg.pretrained_path)
-    model_cfg = state["cfg"]["model"]
-    if model_cfg.get("_name") != "logmel_conformer":
-        raise ValueError(f"{cfg.pretrained_path} holds a {model_cfg.get('_name')!r} model, expected a logmel_conformer pre-training checkpoint")
+            cfg.encoder = model_cfg
+    elif cfg.encoder is None:
+        raise ValueError("set model.pretrained_path, or an encoder architecture (e.g. +encoder=cfS) to train from scratch")
     with open_dict(cfg):
-        cfg.encoder = model_cfg
-    return state["model"]
+        cfg.encoder = OmegaConf.to_container(encoder_config(cfg), resolve=True)
+    return None if state is None else state["model"]
 
 
 @register_model("logmel_conformer_classifier", dataclass=LogmelConformerClassifierConfig)
@@ -91,8 +82,6 @@ class LogmelConformerClassifier(BaseFairseqModel):
             raise ValueError(f"the encoder was pre-trained at {encoder_cfg.sample_rate} Hz but the task reads audio at {cfg.sample_rate} Hz")
         if not 0 <= cfg.reinit_last_blocks <= encoder_cfg.encoder_layers:
             raise ValueError(f"model.reinit_last_blocks={cfg.reinit_last_blocks}, but the encoder has {encoder_cfg.encoder_layers} blocks")
-        if not cfg.pretrained_lr_scale > 0:
-            raise ValueError(f"model.pretrained_lr_scale must be positive, got {cfg.pretrained_lr_scale} (model.freeze_encoder_updates freezes)")
         self.cfg = cfg
         self.class_names = list(cfg.class_names)
         self.multilabel = cfg.multilabel
@@ -108,10 +97,7 @@ class LogmelConformerClassifier(BaseFairseqModel):
 
     def load_encoder_weights(self, state: Dict[str, torch.Tensor]) -> None:
         """Load a ``logmel_conformer`` state dict into the encoder, less its pre-training-only parameters and
-        its last ``reinit_last_blocks`` blocks, which keep the random weights they were built with.
-
-        The loaded parameters are marked to train at ``pretrained_lr_scale`` times the learning rate.
-        """
+        its last ``reinit_last_blocks`` blocks, which keep the random weights they were built with."""
         blocks = self.encoder.context_encoder.layers
         restarted = range(len(blocks) - self.cfg.reinit_last_blocks, len(blocks))
         # Built in the same order as a scratch run's with the same seed, these are that run's initial blocks.
@@ -120,36 +106,37 @@ class LogmelConformerClassifier(BaseFairseqModel):
         self.encoder.load_state_dict(kept)
         for index, weights in fresh.items():
             blocks[index].load_state_dict(weights)
-        if self.cfg.pretrained_lr_scale != 1.0:
-            restarted_parameters = {id(p) for index in restarted for p in blocks[index].parameters()}
-            for parameter in self.encoder.parameters():
-                if id(parameter) not in restarted_parameters:
-                    set_lr_scale(parameter, self.cfg.pretrained_lr_scale)
+
+    def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
+        self.encoder.adopt_feature_norm(state_dict, prefix="encoder.")
+        return super().load_state_dict(state_dict, strict, model_cfg, args)
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
         self.num_updates = num_updates
 
-    def _augmented_logmel(self, source: torch.Tensor, lengths: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(B, S) -> log-mel (B, T, F) with the training augmentations (jitter, time mask, mixup) when training."""
-        cfg = self.cfg
-        if self.training and cfg.jitter_samples > 0:
-            source, _ = temporal_jitter(source, lengths, cfg.jitter_samples)
-        frames, frame_lengths = self.encoder.frontend(source, lengths)
-        if self.training and cfg.time_mask_fraction > 0:
-            frames, _ = time_mask(frames, frame_lengths, cfg.time_mask_fraction)
-        if self.training and cfg.mixup_alpha > 0 and frames.shape[0] > 1:
-            frames, _, _ = mixup(frames, cfg.mixup_alpha)
-        return frames, frame_lengths
+    def augment(self, frames: torch.Tensor, frame_lengths: Optional[torch.Tensor]) -> torch.Tensor:
+        """Training's log-mel augmentations, in order: one time mask, then mixup within the batch. (B, T, F) -> (B, T, F)."""
+        if self.cfg.time_mask_fraction > 0:
+            frames, _ = time_mask(frames, frame_lengths, self.cfg.time_mask_fraction)
+        if self.cfg.mixup_alpha > 0 and frames.shape[0] > 1:
+            frames, _, _ = mixup(frames, self.cfg.mixup_alpha)
+        return frames
 
     def frame_embeddings(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(B, S) waveform -> (B, T', d) frame embeddings after dropout, (B, T') step padding mask or None."""
-        lengths = None if padding_mask is None else (~padding_mask).sum(1)
+        """(B, S) waveform -> (B, T', d) frame embeddings after dropout, (B, T') step padding mask or None.
+
+        In training the waveform is jittered and the log-mel augmented (:meth:`augment`) between the encoder's stages.
+        """
         frozen = self.training and self.num_updates < self.cfg.freeze_encoder_updates
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-            frames, frame_lengths = self._augmented_logmel(source, lengths)
-            latents, step_padding = self.encoder.encode_frames(frames, frame_lengths)
-            features = self.encoder.context_encoder(latents, self.encoder.attention_padding(step_padding), project=False)
+            if self.training and self.cfg.jitter_samples > 0:
+                lengths = None if padding_mask is None else (~padding_mask).sum(1)
+                source, _ = temporal_jitter(source, lengths, self.cfg.jitter_samples)
+            frames, frame_lengths = self.encoder.logmel(source, padding_mask)
+            if self.training:
+                frames = self.augment(frames, frame_lengths)
+            features, step_padding = self.encoder.encode_logmel(frames, frame_lengths)
         return self.dropout(features), step_padding
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:

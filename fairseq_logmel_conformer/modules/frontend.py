@@ -3,8 +3,10 @@
 The frontend runs inside the model, on the training device, so data loaders
 only read and crop waveforms.
 """
+from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torchaudio
@@ -18,6 +20,48 @@ FEATURE_NORMS = ("layer", "global")
 def lengths_to_padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """Boolean (B, max_len) mask, True at padded positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
+
+
+@dataclass(frozen=True)
+class StepGeometry:
+    """Where an encoder's output steps lie in its input waveform.
+
+    The frontend's centred STFT gives ``1 + S // hop_length`` frames for ``S``
+    samples and frame ``f`` is centred at sample ``f * hop_length``; step ``t``
+    stacks frames ``stack * t .. stack * t + stack - 1``. So a step spans
+    ``samples_per_step`` samples, is centred at ``first_timestamp + t *
+    step_seconds`` seconds, and a clip needs ``min_samples`` for one step.
+    """
+
+    sample_rate: int
+    hop_length: int
+    stack: int
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.hop_length * self.stack
+
+    @property
+    def step_seconds(self) -> float:
+        return self.samples_per_step / self.sample_rate
+
+    @property
+    def first_timestamp(self) -> float:
+        """Centre of step 0 in seconds: the mean of the centres of its frames, 0 .. (stack - 1) hops."""
+        return (self.stack - 1) / 2 * self.hop_length / self.sample_rate
+
+    @property
+    def min_samples(self) -> int:
+        """The fewest samples that give one step: ``stack`` frames need ``(stack - 1) * hop_length`` samples."""
+        return (self.stack - 1) * self.hop_length
+
+    def num_steps(self, num_samples: int) -> int:
+        """Steps the encoder gives for a clip of ``num_samples``."""
+        return (1 + num_samples // self.hop_length) // self.stack
+
+    def timestamps(self, first_step: int, count: int) -> np.ndarray:
+        """(count,) centres in seconds of steps ``first_step ..``, float64."""
+        return self.first_timestamp + np.arange(first_step, first_step + count, dtype=np.float64) * self.step_seconds
 
 
 class LogmelFrontend(nn.Module):

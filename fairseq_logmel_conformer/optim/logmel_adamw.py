@@ -20,9 +20,6 @@ the bit where every parameter has a gradient) and moves them in one
 multi-tensor copy each way. Unlike fairseq's ``adam`` under those flags, it
 saves no memory; unlike fairseq's ``FP16Optimizer``, it saves the master
 weights with its state, so that a resumed run continues from them exactly.
-
-Parameters marked with :func:`set_lr_scale` (fine-tuning's
-``model.pretrained_lr_scale``) train at that fraction of the scheduled rate.
 """
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -35,30 +32,6 @@ from omegaconf import II
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 # Where the optimizer state keeps the fp32 master weights of half-precision parameters.
 MASTER_WEIGHTS_KEY = "fp32_master_weights"
-
-
-def set_lr_scale(parameter: torch.nn.Parameter, scale: float) -> None:
-    """Train ``parameter`` at ``scale`` times the learning rate.
-
-    Kept in fairseq's ``optim_overrides`` attribute, which its mixed-precision
-    optimizer copies onto each fp32 master weight.
-    """
-    parameter.optim_overrides = {"optimizer": {"lr_scale": scale}}
-
-
-def lr_scale(parameter: torch.Tensor) -> float:
-    return getattr(parameter, "optim_overrides", {}).get("optimizer", {}).get("lr_scale", 1.0)
-
-
-def check_lr_scales(model: torch.nn.Module, optimizer: FairseqOptimizer) -> None:
-    """Raise a ``ValueError`` unless ``optimizer`` applies every learning-rate scale marked on ``model``."""
-    wanted = sorted({lr_scale(p) for p in model.parameters() if p.requires_grad})
-    applied = sorted({group.get("lr_scale", 1.0) for group in optimizer.param_groups})
-    if wanted != applied:
-        raise ValueError(
-            f"the model trains its parameters at learning-rate scales {wanted} (model.pretrained_lr_scale), but the "
-            f"optimizer applies {applied}: use optimizer=logmel_adamw, and common.fp16_no_flatten_grads=true with common.fp16"
-        )
 
 
 @dataclass
@@ -80,12 +53,7 @@ class LogmelAdamW(FairseqOptimizer):
         self.half_params: List[torch.Tensor] = params if any(p.dtype in HALF_DTYPES for p in params) else []
         self.master_params: List[torch.Tensor] = [fp32_master(p) for p in self.half_params]
         self.master_grads_current = False
-        params = self.master_params or params
-        by_scale: Dict[float, List[torch.Tensor]] = {}
-        for param in params:
-            by_scale.setdefault(lr_scale(param), []).append(param)
-        groups = [{"params": group, "lr_scale": scale, "lr": cfg.lr[0] * scale} for scale, group in by_scale.items()]
-        self._optimizer = torch.optim.AdamW(groups, fused=True, **self.optimizer_config)
+        self._optimizer = torch.optim.AdamW(self.master_params or params, fused=True, **self.optimizer_config)
 
     @property
     def optimizer_config(self):
@@ -96,15 +64,6 @@ class LogmelAdamW(FairseqOptimizer):
             "eps": self.cfg.adam_eps,
             "weight_decay": self.cfg.weight_decay,
         }
-
-    def get_lr(self) -> float:
-        """The scheduled learning rate, which the parameters with scale 1 take."""
-        group = self.param_groups[0]
-        return group["lr"] / group["lr_scale"]
-
-    def set_lr(self, lr: float) -> None:
-        for group in self.param_groups:
-            group["lr"] = lr * group["lr_scale"]
 
     def state_dict(self) -> Dict:
         state = super().state_dict()
@@ -117,11 +76,7 @@ class LogmelAdamW(FairseqOptimizer):
     def load_state_dict(self, state_dict: Dict, optimizer_overrides: Optional[Dict] = None) -> None:
         state_dict = dict(state_dict)
         masters = state_dict.pop(MASTER_WEIGHTS_KEY, None)
-        # torch takes every group setting from the checkpoint: the scales stay this run's, like fairseq's overrides.
-        scales = [group["lr_scale"] for group in self.param_groups]
         super().load_state_dict(state_dict, optimizer_overrides)
-        for group, scale in zip(self.param_groups, scales):
-            group["lr_scale"] = scale
         if masters is not None and self.half_params:
             if [m.shape for m in masters] != [m.shape for m in self.master_params]:
                 raise ValueError(
@@ -200,7 +155,4 @@ class LogmelAdamW(FairseqOptimizer):
 
 def fp32_master(param: torch.Tensor) -> torch.nn.Parameter:
     """An fp32 copy of ``param`` with the same sizes and strides, which torch's fused multi-tensor copy needs."""
-    master = torch.nn.Parameter(torch.empty_like(param, dtype=torch.float32).copy_(param.detach()))
-    if hasattr(param, "optim_overrides"):
-        master.optim_overrides = param.optim_overrides
-    return master
+    return torch.nn.Parameter(torch.empty_like(param, dtype=torch.float32).copy_(param.detach()))

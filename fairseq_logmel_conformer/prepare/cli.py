@@ -8,11 +8,11 @@ listed in ``<split>_missing.txt`` with the reason and counted on stdout.
 Run ``logmel-prepare DATASET --help`` for a dataset's own options.
 """
 import argparse
-import os
 import sys
 from typing import List, Optional
 
-from ..cli.make_manifest import DEFAULT_MIN_SAMPLES
+from ..cli.common import add_jobs_argument, add_min_samples_argument
+from ..data.audio import min_clip_samples
 from . import audioset, dcase2019_1a, esc50, fsdkaggle2019, kinetics700, magnatagatune
 
 DATASETS = {
@@ -34,18 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
         )
         module.add_arguments(sub)
         sub.add_argument("--out", required=True, help="output folder for the manifest folder(s)")
-        sub.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel processes (default: %(default)s)")
-        sub.add_argument(
-            "--min-samples",
-            type=int,
-            default=DEFAULT_MIN_SAMPLES,
-            help="clips shorter than this at 16 kHz are reported, not written (default: %(default)s, one 80 ms model step)",
-        )
+        add_jobs_argument(sub)
+        add_min_samples_argument(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.min_samples is None:
+        args.min_samples = min_clip_samples(16000)
     try:
         DATASETS[args.dataset].prepare(args)
     except (FileNotFoundError, ValueError, ImportError) as error:

@@ -13,7 +13,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from ..cli.make_manifest import probe_files, write_manifest
+from ..data.audio import too_short
+from ..data.manifest import probe_files, write_manifest
 
 SAMPLE_RATE = 16000
 
@@ -119,8 +120,9 @@ def probe(root: str, clips: Sequence[Clip], jobs: int, min_samples: int) -> Prob
     readable, errors = probe_files(root, unique, SAMPLE_RATE, jobs)
     result = ProbeResult()
     for relative, num_samples in readable:
-        if num_samples < min_samples:
-            result.problems[relative] = f"too short: {num_samples} samples at {SAMPLE_RATE} Hz, fewer than --min-samples {min_samples}"
+        short = too_short(num_samples, min_samples, SAMPLE_RATE)
+        if short:
+            result.problems[relative] = short
         else:
             result.sizes[relative] = num_samples
     # probe_files keeps the order of its input, so the unreadable files line up with its error messages.

@@ -15,8 +15,7 @@ from ..data.labelled_dataset import LabelledAudioDataset
 from ..data.labels import LabelVocabulary, read_label_file
 from ..data.manifest_dataset import ManifestAudioDataset
 from ..metrics import compute_metrics
-from ..models.logmel_conformer_classifier import load_pretrained_encoder
-from ..optim.logmel_adamw import check_lr_scales
+from ..models.logmel_conformer_classifier import resolve_encoder
 from .logmel_pretraining import LogmelPretrainingConfig, LogmelPretrainingTask
 
 
@@ -91,7 +90,6 @@ class LabelledAudioTask(LogmelPretrainingTask):
     def __init__(self, cfg: LabelledAudioConfig):
         super().__init__(cfg)
         self._vocabulary: Optional[LabelVocabulary] = None
-        self._lr_scales_checked = False
 
     @property
     def vocabulary(self) -> LabelVocabulary:
@@ -126,25 +124,18 @@ class LabelledAudioTask(LogmelPretrainingTask):
         )
 
     def build_model(self, cfg: FairseqDataclass, from_checkpoint: bool = False):
-        # fairseq hands the model a merged copy of cfg: what must be saved in the checkpoint
-        # (the class names, the pre-training config) is written here, into the config it saves.
+        # fairseq hands the model a merged copy of cfg: what the checkpoint must keep (the class names, the
+        # encoder's config) is written here, into the config it saves, and the pre-trained weights are loaded after.
         encoder_weights = None
         if not from_checkpoint:
             with open_dict(cfg):
                 cfg.class_names = list(self.vocabulary.names)
                 cfg.multilabel = self.multilabel
-            encoder_weights = load_pretrained_encoder(cfg)
+            encoder_weights = resolve_encoder(cfg)
         model = super().build_model(cfg, from_checkpoint)
         if encoder_weights is not None:
             model.load_encoder_weights(encoder_weights)
         return model
-
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False):
-        # fairseq builds the optimizer after the model and hands it over only here.
-        if not self._lr_scales_checked:
-            check_lr_scales(model, optimizer)
-            self._lr_scales_checked = True
-        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad)
 
     def valid_step(self, sample, model, criterion):
         loss, sample_size, logging_output = super().valid_step(sample, model, criterion)

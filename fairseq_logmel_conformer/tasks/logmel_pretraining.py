@@ -7,6 +7,7 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.tasks import FairseqTask, register_task
 from omegaconf import II, MISSING
 
+from ..data.audio import min_clip_samples
 from ..data.manifest_dataset import ManifestAudioDataset
 
 
@@ -15,7 +16,10 @@ class LogmelPretrainingConfig(FairseqDataclass):
     data: str = field(default=MISSING, metadata={"help": "folder holding the manifests <split>.tsv"})
     sample_rate: int = field(default=16000, metadata={"help": "audio is resampled to this rate (Hz) when read"})
     max_sample_size: int = field(default=160000, metadata={"help": "longer clips are randomly cropped to this many samples (10 s at 16 kHz)"})
-    min_sample_size: int = field(default=1600, metadata={"help": "clips shorter than this many samples (manifest sizes) are left out"})
+    min_sample_size: int = field(
+        default=min_clip_samples(16000),
+        metadata={"help": "clips shorter than this many samples (manifest sizes) are left out, each named in the log (default: the 60 ms that give one model step at 16 kHz)"},
+    )
     num_batch_buckets: int = field(default=0, metadata={"help": "group clips of similar length into this many buckets to reduce padding (0: off)"})
     seed: int = field(default=II("common.seed"), metadata={"help": "seed of the random crops"})
     skip_unreadable_clips: bool = field(default=False, metadata={"help": "skip clips that cannot be read (missing, corrupt, NaN samples, length disagreeing with the manifest) with a warning each, counted in the logged unreadable_clips, instead of stopping with an error naming the manifest line"})
