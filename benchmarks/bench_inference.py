@@ -1,4 +1,4 @@
-"""Inference: clip embeddings per second (``clip_embedding``: mean of the unmasked frame embeddings).
+"""Inference: clip embeddings per second (the mean of the unmasked frame embeddings of ``extract_features``).
 
 For each model, batches of ``--clips`` clips of ``--seconds`` seconds (with the
 all-valid padding mask the collater produces) on the CPU with 1 thread and with
@@ -13,6 +13,8 @@ import os
 from typing import Dict, List
 
 import torch
+
+from fairseq_logmel_conformer.models.logmel_conformer import masked_mean
 
 from .common import PRECISIONS, SAMPLE_RATE, attention_ops, default_output, load_config, start_benchmark, summarize, time_call, write_json
 
@@ -46,7 +48,7 @@ def measure(model, device: str, clips: int, seconds: float, reps: int, precision
 
     def embed():
         with torch.inference_mode(), torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
-            return model.clip_embedding(source, padding_mask)
+            return masked_mean(*model.extract_features(source, padding_mask))
 
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()

@@ -382,8 +382,8 @@ class TrainingRunner:
         """Sequence length, width and depth of the attention stack for this batch (for the FLOP estimate)."""
         model = self.trainer.get_model() if self.path == "trainer" else self.model
         samples = self.sample["net_input"]["source"].shape[1]
-        if hasattr(model, "samples_per_step"):
-            steps = (1 + samples // model.frontend.hop_length) // model.feature_encoder.stack
+        if hasattr(model, "geometry"):
+            steps = model.geometry.num_steps(samples)
             return {"steps": int(steps), "dim": self.cfg.model.encoder_dim, "layers": self.cfg.model.encoder_layers}
         steps = int(model._get_feat_extract_output_lengths(torch.tensor(samples)))
         return {"steps": steps, "dim": self.cfg.model.encoder_embed_dim, "layers": self.cfg.model.encoder_layers}

@@ -63,7 +63,7 @@ def layer_embeddings(model: LogmelConformerModel, waveforms: torch.Tensor, batch
     model.eval()
     per_layer: List[List[np.ndarray]] = []
     for start in range(0, len(waveforms), batch_size):
-        latents, _ = model.encode_latents(waveforms[start : start + batch_size])
+        latents, _ = model.latents(*model.logmel(waveforms[start : start + batch_size]))
         outputs = [latents.mean(1)]
         hidden = model.context_encoder.proj_in(latents).transpose(0, 1)
         for layer in model.context_encoder.layers:

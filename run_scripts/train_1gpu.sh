@@ -9,7 +9,6 @@
 # to reproduce a run on N GPUs, add optimization.update_freq='[N]'.
 set -euo pipefail
 source "$(dirname "$0")/train_common.sh"
-verify_checkpoints
 exec fairseq-hydra-train --config-name "$CONFIG" \
     task.data="$DATA" checkpoint.save_dir="$OUT/checkpoints" hydra.run.dir="$OUT/hydra" \
     distributed_training.distributed_world_size=1 \

@@ -9,7 +9,6 @@
 set -euo pipefail
 source "$(dirname "$0")/train_common.sh"
 NGPUS=${NGPUS:-$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")}
-verify_checkpoints
 exec fairseq-hydra-train --config-name "$CONFIG" \
     task.data="$DATA" checkpoint.save_dir="$OUT/checkpoints" hydra.run.dir="$OUT/hydra" \
     distributed_training.distributed_world_size="$NGPUS" \

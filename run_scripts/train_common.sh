@@ -1,4 +1,5 @@
-# Sourced by the train_*.sh launchers: argument parsing and the checkpoint check shared by all of them.
+# Sourced by the train_*.sh launchers: the argument parsing they share. A rerun resumes by itself: fairseq-hydra-train
+# (with this plugin) resumes from checkpoint_last.pt, or from the newest intact checkpoint if that one was cut short.
 # The launchers expect the environment to be active (fairseq-hydra-train on PATH), e.g. after `source run_scripts/env.sh`.
 #
 # Sets DATA (absolute manifest folder), OUT (absolute output folder), CONFIG (fairseq-hydra-train
@@ -15,9 +16,3 @@ OVERRIDES=("$@")
 CONFIG=${CONFIG:-${DEFAULT_CONFIG:-pretrain_cfS}}
 PYTHON=${PYTHON:-python}
 mkdir -p "$OUT/checkpoints"
-
-# A checkpoint_last.pt cut short (full disk, kill during fairseq's copy) is reported and replaced
-# by the newest intact checkpoint, so that rerunning the same command resumes.
-verify_checkpoints() {
-    "$PYTHON" -m fairseq_logmel_conformer.checkpoint "$OUT/checkpoints" --fall-back
-}

@@ -15,7 +15,6 @@ source "$(dirname "$0")/train_common.sh"
 NPROC=${NPROC:-2}
 PORT=${PORT:-29500}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / NPROC > 0 ? $(nproc) / NPROC : 1 ))}
-verify_checkpoints
 pids=()
 stop_ranks() {
     for pid in "${pids[@]}"; do

@@ -13,10 +13,6 @@ set -euo pipefail
 source "$(dirname "$0")/train_common.sh"
 : "${NNODES:?set NNODES}" "${NODE_RANK:?set NODE_RANK}" "${MASTER_ADDR:?set MASTER_ADDR}"
 NPROC_PER_NODE=${NPROC_PER_NODE:-$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")}
-# Only rank 0 (on node 0) reads the checkpoint, and only once every node has joined.
-if [ "$NODE_RANK" = 0 ]; then
-    verify_checkpoints
-fi
 exec torchrun --nnodes="$NNODES" --node_rank="$NODE_RANK" --nproc_per_node="$NPROC_PER_NODE" \
     --master_addr="$MASTER_ADDR" --master_port="${MASTER_PORT:-29500}" --no-python \
     fairseq-hydra-train --config-name "$CONFIG" \

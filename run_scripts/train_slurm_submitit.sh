@@ -27,7 +27,6 @@ exec fairseq-hydra-train --multirun --config-name "$CONFIG" \
     hydra.launcher.mem_gb="${MEM_GB:-400}" \
     hydra.launcher.timeout_min="${TIME_MIN:-4320}" \
     hydra.launcher.max_num_timeout="${REQUEUES:-3}" \
-    "hydra.launcher.setup=['$PYTHON -m fairseq_logmel_conformer.checkpoint $OUT/checkpoints --fall-back']" \
     "${PARTITION_OVERRIDE[@]}" \
     hydra.sweep.dir="$OUT/hydra" \
     task.data="$DATA" checkpoint.save_dir="$OUT/checkpoints" \

@@ -1,8 +1,10 @@
 """Bad input to the data path shared by pre-training, fine-tuning and evaluation (read_audio, read_manifest,
 ManifestAudioDataset, label files) and to the manifest tool: each case either works as documented in
 fairseq_logmel_conformer/data/audio.py or fails fast with a message naming the file (and manifest line)."""
+import io
 import logging
 import os
+import re
 import subprocess
 
 import numpy as np
@@ -11,9 +13,8 @@ import soundfile as sf
 import torch
 
 from conftest import BIN_DIR, hydra_train, run_cli
-from fairseq_logmel_conformer.data.manifest import check_manifest
 from fairseq_logmel_conformer.data.audio import AudioReadError, num_samples_at_rate, read_audio
-from fairseq_logmel_conformer.data.manifest import read_manifest
+from fairseq_logmel_conformer.data.manifest import check_manifest, read_manifest
 from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
 from fairseq_logmel_conformer.data.manifest_dataset import PROBED_ENTRIES, ManifestAudioDataset
 from fairseq_logmel_conformer.data.synthetic import write_dataset
@@ -278,6 +279,83 @@ def test_manifest_build_leaves_out_and_lists_bad_files(tmp_path):
     assert set(listed) == {name for name, _ in entries} | {"stereo48k.wav"} and listed["stereo48k.wav"] == "16000"
     report = (tmp_path / "m" / "unreadable.txt").read_text()
     assert "empty.wav: the file is empty" in report and "cut.wav: truncated" in report and "short.wav: too short: 800 samples (0.050 s) at 16000 Hz, the minimum is 960 (0.060 s)" in report
+
+
+def test_manifest_build_refuses_to_replace_a_different_split(tmp_path):
+    folder, _ = clips_folder(tmp_path, count=10)
+    dest = tmp_path / "m"
+
+    def build(*extra, check=True):
+        command = [os.path.join(BIN_DIR, "logmel-manifest"), str(folder), "--dest", str(dest), "--valid-percent", "0.3", "--jobs", "1", *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    assert build("--seed", "1").returncode == 0
+    first = {split: (dest / f"{split}.tsv").read_text() for split in ("train", "valid")}
+    again = build("--seed", "1")
+    assert again.returncode == 0, "the same split is written again"
+    other = build("--seed", "2")
+    assert other.returncode == 1
+    assert f"error: {dest} already holds a train/valid split that differs from this one (7 train and 3 valid clips there" in other.stderr
+    assert "Pass --overwrite to replace it" in other.stderr
+    assert {split: (dest / f"{split}.tsv").read_text() for split in ("train", "valid")} == first, "nothing was replaced"
+    replaced = build("--seed", "2", "--overwrite")
+    assert replaced.returncode == 0 and (dest / "valid.tsv").read_text() != first["valid"]
+
+
+def test_one_minimum_clip_length_with_one_message_everywhere(tmp_path, pretrained_checkpoint):
+    """logmel-manifest, training and logmel-embed agree on the shortest clip (the 960 samples of one model step at
+    16 kHz, the encoder's own minimum) and describe a clip below it in the same words."""
+    from fairseq_logmel_conformer.data.audio import min_clip_samples
+    from fairseq_logmel_conformer.inference import AudioModel
+    from fairseq_logmel_conformer.tasks.logmel_pretraining import LogmelPretrainingConfig
+
+    model = AudioModel.from_checkpoint(pretrained_checkpoint)
+    assert min_clip_samples(RATE) == model.geometry.min_samples == LogmelPretrainingConfig.min_sample_size == 960
+    message = "too short: 900 samples (0.056 s) at 16000 Hz, the minimum is 960 (0.060 s)"
+    folder, entries = clips_folder(tmp_path, count=3)
+    short = write(folder / "short.wav", tone(900 / RATE, RATE))
+    run_cli(["logmel-manifest", str(folder), "--dest", str(tmp_path / "m"), "--valid-percent", "0", "--jobs", "1"], cwd=str(tmp_path))
+    assert (tmp_path / "m" / "unreadable.txt").read_text() == f"{short}: {message}\n"
+    dataset_log = io.StringIO()
+    handler = logging.StreamHandler(dataset_log)
+    logging.getLogger("fairseq_logmel_conformer.data.manifest_dataset").addHandler(handler)
+    try:
+        ManifestAudioDataset(write_manifest(folder, entries + [("short.wav", 900)]), RATE, min_sample_size=min_clip_samples(RATE))
+    finally:
+        logging.getLogger("fairseq_logmel_conformer.data.manifest_dataset").removeHandler(handler)
+    assert f"train.tsv:5: {short}: {message}" in dataset_log.getvalue()
+    with pytest.raises(ValueError, match=re.escape(f"audio {message}")):
+        model.embed(short)
+
+
+def test_long_work_shows_progress_on_a_terminal_and_not_in_logs(tmp_path):
+    """tqdm's bar with its rate on a terminal (stderr is a TTY); nothing of it when the output goes to a log file."""
+    import fcntl
+    import struct
+    import termios
+
+    folder, _ = clips_folder(tmp_path, count=6)
+    command = [os.path.join(BIN_DIR, "logmel-manifest"), str(folder), "--dest", str(tmp_path / "m"), "--valid-percent", "0", "--jobs", "1"]
+    logged = subprocess.run(command, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert logged.returncode == 0 and "reading headers" not in logged.stderr and "file/s" not in logged.stderr
+    assert re.search(r"read 6 headers in [0-9.]+ s \([0-9]+ files/s, 1 processes\)", logged.stdout)
+    # A terminal of 120 columns: the command's stdout and stderr are the pseudo-terminal, as in an interactive shell.
+    master, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    process = subprocess.Popen(command + ["--overwrite"], stdin=terminal, stdout=terminal, stderr=terminal, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    os.close(terminal)
+    output = bytearray()
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the command has closed the terminal
+            break
+        if not data:
+            break
+        output.extend(data)
+    os.close(master)
+    assert process.wait(timeout=300) == 0
+    assert re.search(r"reading headers: 100%\|.*\| 6/6 \[.*file/s\]", output.decode(errors="replace")), output.decode(errors="replace")
 
 
 def test_check_reports_every_problem_at_once(tmp_path):

@@ -1,4 +1,5 @@
 """``logmel-embed`` (resumable .npy export) and ``logmel-tag`` (top-k labels, PNG timelines)."""
+import argparse
 import json
 import os
 import shutil
@@ -6,9 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from conftest import REPO_ROOT, run_cli
 
-from fairseq_logmel_conformer.cli import embed, tag
+from fairseq_logmel_conformer.cli import embed, evaluate, tag
 from fairseq_logmel_conformer.data.manifest import read_manifest
 from fairseq_logmel_conformer.inference import AudioModel
 
@@ -32,7 +34,8 @@ def test_embed_folder_is_resumable_and_lists_unreadable_files(pretrained_checkpo
     assert embed.main(args) == 1
     err = capsys.readouterr().err
     assert "3 written, 0 skipped (already done), 2 unreadable" in err
-    assert "broken.wav: cannot read audio file" in err and "short.wav: audio of 500 samples" in err
+    assert "broken.wav: cannot read audio file" in err
+    assert "short.wav: audio too short: 500 samples (0.031 s) at 16000 Hz, the minimum is 960 (0.060 s)" in err
     assert sorted((out / "unreadable.txt").read_text().splitlines()) == sorted(line.strip() for line in err.splitlines() if line.startswith("  "))
     model = AudioModel.from_checkpoint(pretrained_checkpoint)
     for relative in ("a", "b", "sub/c"):
@@ -56,10 +59,41 @@ def test_embed_folder_is_resumable_and_lists_unreadable_files(pretrained_checkpo
     assert (out / "b.npy").exists() and (out / "unreadable.txt").read_text() == ""
 
 
+def test_embed_takes_audio_files_folders_and_manifests_like_tag(pretrained_checkpoint, audio_folder, labelled_corpus, tmp_path):
+    """One file, a folder and a manifest in one call; --out-dir, the old spelling of --out, still works."""
+    out = tmp_path / "mixed"
+    single = str(audio_folder / "a.wav")
+    manifest = os.path.join(labelled_corpus, "valid.tsv")
+    (audio_folder / "broken.wav").unlink()
+    (audio_folder / "short.wav").unlink()
+    assert embed.main([pretrained_checkpoint, single, str(audio_folder / "sub"), manifest, "--out-dir", str(out), "--clip-only"]) == 0
+    names = sorted(str(path.relative_to(out)) for path in out.rglob("*.npy"))
+    expected = ["a.npy", "c.npy"] + [os.path.splitext(f)[0] + ".npy" for f in read_manifest(manifest).files]
+    assert names == sorted(expected)
+    model = AudioModel.from_checkpoint(pretrained_checkpoint)
+    np.testing.assert_allclose(np.load(out / "a.npy"), model.embed(single).clip_embedding, atol=1e-6)
+
+
+def test_commands_default_to_the_gpu_when_there_is_one(monkeypatch):
+    from fairseq_logmel_conformer.cli.common import add_device_arguments, device
+
+    parser = argparse.ArgumentParser()
+    add_device_arguments(parser)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device(parser.parse_args([])) == torch.device("cuda")
+    assert device(parser.parse_args(["--cpu"])) == torch.device("cpu")
+    assert device(parser.parse_args(["--device", "cuda:1"])) == torch.device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device(parser.parse_args([])) == torch.device("cpu")
+    for main in (embed.main, tag.main, evaluate.main):
+        with pytest.raises(SystemExit):
+            main(["--help"])
+
+
 def test_embed_manifest_writes_clip_embeddings(pretrained_checkpoint, labelled_corpus, tmp_path):
     out = tmp_path / "clips"
     manifest = os.path.join(labelled_corpus, "valid.tsv")
-    assert embed.main([pretrained_checkpoint, manifest, "--out-dir", str(out), "--clip-only", "--window-seconds", "1", "--overlap-seconds", "0.4"]) == 0
+    assert embed.main([pretrained_checkpoint, manifest, "--out", str(out), "--clip-only", "--window-seconds", "1", "--overlap-seconds", "0.4"]) == 0
     entries = read_manifest(manifest)
     model = AudioModel.from_checkpoint(pretrained_checkpoint, window_seconds=1.0, overlap_seconds=0.4)
     assert len(list(out.glob("*.npy"))) == len(entries.files)

@@ -120,6 +120,28 @@ def test_plugin_trains_with_fairseq_hydra_train_and_evaluates(call_types_data, t
     assert written["num_clips"] == 4 and written["multilabel"]
     assert written["metrics"]["mAP"] == pytest.approx(max(float(log["valid_mAP"]) for log in logs), abs=1e-4)
 
+    # Every command that loads a checkpoint takes the plugin with fairseq's --user-dir; without it, one line says so.
+    checkpoint, clip = f"{workdir}/checkpoints/checkpoint_best.pt", os.path.join(call_types_data, "valid.tsv")
+    plugin = ["--user-dir", os.path.join(PLUGIN, "my_bird_plugin")]
+    commands = {
+        "logmel-tag": [checkpoint, clip],
+        "logmel-embed": [checkpoint, clip, "--out", f"{workdir}/embeddings"],
+        "logmel-export": [checkpoint, "--torchscript", f"{workdir}/encoder.pt"],
+        "logmel-evaluate": [checkpoint, "--out", f"{workdir}/eval2"],
+    }
+    for command, arguments in commands.items():
+        without = subprocess.run([os.path.join(BIN_DIR, command), *arguments], cwd=workdir, capture_output=True, text=True, timeout=600,
+                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
+        assert without.returncode == 1 and "Traceback" not in without.stderr, without.stderr[-3000:]
+        assert (f"error: {checkpoint}: its task 'my_bird_calls' is not registered: pass --user-dir with the plugin folder that defines it "
+                f"(it was trained with common.user_dir={PLUGIN}/my_bird_plugin)") in without.stderr, without.stderr[-3000:]
+        if command != "logmel-evaluate":  # run above with --user-dir
+            run = subprocess.run([os.path.join(BIN_DIR, command), *arguments, *plugin], cwd=workdir, capture_output=True, text=True, timeout=600,
+                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
+            assert run.returncode == 0, run.stderr[-3000:]
+    assert len([name for name in os.listdir(f"{workdir}/embeddings") if name.endswith(".npy")]) == 4, "one per valid clip"
+    assert os.path.getsize(f"{workdir}/encoder.pt") > 0
+
 
 def test_example_scripts_parse_and_print_usage(tmp_path):
     for script in ("pretrain_own_audio.sh", "finetune_esc50.sh"):

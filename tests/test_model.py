@@ -49,9 +49,11 @@ def test_parameter_counts_match_the_paper(config_name, millions):
 
 @pytest.mark.parametrize("name", ["tiny", "small", "cfS", "cfL"])
 def test_scratch_encoder_config_builds_the_pretraining_architecture(name):
-    """+encoder=<name> (fine-tuning from scratch) and pretrain_<name> must describe the same model, or the
-    from-scratch baseline would not be the pre-trained model's architecture."""
-    scratch = OmegaConf.load(os.path.join(CONFIG_DIR, "finetuning", "encoder", f"{name}.yaml"))
+    """+encoder=<name> (fine-tuning from scratch) and pretrain_<name> compose the same model from arch/<name>.yaml, or
+    the from-scratch baseline would not be the pre-trained model's architecture."""
+    with initialize_config_dir(config_dir=os.path.join(CONFIG_DIR, "finetuning"), version_base=None):
+        cfg = compose(config_name="finetune_esc50", overrides=["task.data=unused", "model.pretrained_path=null", f"+encoder={name}"])
+    scratch = OmegaConf.to_container(cfg.model.encoder)
     assert scratch.pop("_name") == "logmel_conformer"
     pretraining = model_config_from_yaml(f"pretrain_{name}")
     assert OmegaConf.merge(OmegaConf.structured(LogmelConformerConfig(sample_rate=16000)), scratch) == OmegaConf.structured(pretraining)
