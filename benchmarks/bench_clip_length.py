@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1 on cpu, 3 on cuda)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (default: torch's)")
-    parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/bench_clip_length_<device>.json)")
+    parser.add_argument("--output", default=None, help="JSON file (default experiments/clip_length/results/<device>[_<precision>].json)")
     return parser.parse_args(argv)
 
 
@@ -111,7 +111,7 @@ def main(argv=None) -> None:
         "attention_flop_share: QK^T and attention-times-V (forward + backward) over all counted FLOPs of one step; "
         "for w2v2_conformer the relative-position term is not included.",
     ]
-    write_json(args.output or default_output("bench_clip_length", args.device), "bench_clip_length", settings, entries, args.device, notes)
+    write_json(args.output or default_output("bench_clip_length", args.device, args.precision), "bench_clip_length", settings, entries, args.device, notes, argv)
 
 
 if __name__ == "__main__":

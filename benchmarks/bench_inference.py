@@ -30,7 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length")
     parser.add_argument("--reps", type=int, default=5, help="timed batches per setting")
     parser.add_argument("--cpu-threads", default=None, help="comma-separated CPU thread counts (default: 1 and all usable cores)")
-    parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/bench_inference_<device>.json)")
+    parser.add_argument("--output", default=None, help="JSON file (default experiments/inference/results/<device>[_<precision>].json)")
     return parser.parse_args(argv)
 
 
@@ -82,7 +82,7 @@ def main(argv=None) -> None:
         print(f"{name} clip embeddings/s ({args.clips} x {args.seconds} s batches): {rates}")
     settings = {k: v for k, v in vars(args).items() if k != "output"}
     settings["cpu_threads_used"] = threads
-    write_json(args.output or default_output("bench_inference", args.device), "bench_inference", settings, results, args.device)
+    write_json(args.output or default_output("bench_inference", args.device, args.precision), "bench_inference", settings, results, args.device, argv=argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 3. the log-mel frontend alone on the CPU and (with ``--device cuda``) on the device.
 
 With the training benchmark's JSON for the same machine (``--train-results``,
-by default its file in benchmarks/results/), it reports how many times the
+by default ``experiments/train_throughput/results/<device>.json``), it reports how many times the
 model's consumption the loader supplies (target >= 3x) and the frontend's share
 of the training step (target < 5%).
 
@@ -46,8 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--frontend-seconds", type=float, default=10.0, help="clip length of the frontend batch")
     parser.add_argument("--reps", type=int, default=5, help="timed frontend calls")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--train-results", default=None, help="bench_train_throughput JSON of this machine (default: its file in benchmarks/results/ if present)")
-    parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/bench_input_pipeline_<device>.json)")
+    parser.add_argument("--train-results", default=None, help="bench_train_throughput JSON of this machine (default: experiments/train_throughput/results/<device>.json if present)")
+    parser.add_argument("--output", default=None, help="JSON file (default experiments/input_pipeline/results/<device>.json)")
     return parser.parse_args(argv)
 
 
@@ -180,7 +180,7 @@ def main(argv=None) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "output"}
     settings["threads_used"] = torch.get_num_threads()
     notes = ["Loader rates count valid (unpadded) samples; the first batch includes worker start-up, steady_* leaves it out."]
-    write_json(args.output or default_output("bench_input_pipeline", args.device), "bench_input_pipeline", settings, results, args.device, notes)
+    write_json(args.output or default_output("bench_input_pipeline", args.device), "bench_input_pipeline", settings, results, args.device, notes, argv)
 
 
 if __name__ == "__main__":

@@ -113,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=4, help="windows per forward pass")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads in each worker (default: torch's)")
     parser.add_argument("--workdir", help="folder for the generated recordings (default: a temporary folder)")
-    parser.add_argument("--output", help="JSON file (default: benchmarks/results/bench_long_audio_memory_DEVICE.json)")
+    parser.add_argument("--output", help="JSON file (default: experiments/long_audio_memory/results/<device>.json)")
     return parser.parse_args(argv)
 
 
@@ -183,7 +183,7 @@ def main(argv=None) -> None:
         "memory is ru_maxrss (CPU) or torch.cuda.max_memory_allocated (CUDA), in a fresh worker process per run",
         f"flat: growth beyond the returned arrays rises by less than {FLAT_TOLERANCE_MIB} MiB from the shortest to the longest recording",
     ]
-    write_json(args.output or default_output("bench_long_audio_memory", args.device), "bench_long_audio_memory", settings, {"runs": results, "flatness": flatness}, args.device, notes)
+    write_json(args.output or default_output("bench_long_audio_memory", args.device), "bench_long_audio_memory", settings, {"runs": results, "flatness": flatness}, args.device, notes, argv)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads per worker (default: torch's)")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the device's peak dense TFLOP/s at --precision, to report model FLOP utilisation (MFU)")
-    parser.add_argument("--output", default=None, help="JSON file (default benchmarks/results/bench_train_throughput_<device>.json)")
+    parser.add_argument("--output", default=None, help="JSON file (default experiments/train_throughput/results/<device>[_<precision>].json)")
     return parser.parse_args(argv)
 
 
@@ -187,7 +187,7 @@ def main(argv=None) -> None:
         "dispatched_ops_per_step: the operations of one update that are not views (common.DispatchedOps); "
         "each launches at least one GPU kernel, and below about 128 clips their number bounds a GPU step.",
     ]
-    write_json(args.output or default_output("bench_train_throughput", args.device), "bench_train_throughput", settings, results, args.device, notes)
+    write_json(args.output or default_output("bench_train_throughput", args.device, args.precision), "bench_train_throughput", settings, results, args.device, notes, argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import platform
 import re
 import resource
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -41,7 +42,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fairseq_logmel_conformer.data.manifest import write_manifest
 from fairseq_logmel_conformer.data.synthetic import write_dataset
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each benchmark serves one study; its results go to experiments/<study>/results/ unless told otherwise.
+STUDIES = {
+    "bench_train_throughput": "train_throughput",
+    "bench_clip_length": "clip_length",
+    "bench_input_pipeline": "input_pipeline",
+    "bench_inference": "inference",
+    "bench_long_audio_memory": "long_audio_memory",
+    "esc50_pretrain_vs_scratch": "esc50_pretrain_vs_scratch",
+    "esc50_linear_probe": "esc50_linear_probe",
+}
 FAIRSEQ_CONFIG_DIR = os.path.join(os.path.dirname(fairseq.__file__), "config")
 WAV2VEC_CONFIG_DIR = os.path.join(os.path.dirname(fairseq.__file__), "examples", "wav2vec", "config", "pretraining")
 SAMPLE_RATE = 16000
@@ -136,13 +147,36 @@ def machine_description(device: str) -> Dict:
     return description
 
 
-def write_json(path: str, benchmark: str, settings: Dict, results, device: str, notes: Sequence[str] = ()) -> None:
-    """Write one benchmark run: what ran (command, settings), where (machine), and its results."""
-    payload = {
+def git_commit() -> Optional[str]:
+    """The repository's commit, with ``+changes`` if tracked files differ from it; None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPOSITORY, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        changed = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def provenance(benchmark: str, device: str, argv: Optional[Sequence[str]] = None) -> Dict:
+    """What ran and where: the command line (``argv``, default the process's), the commit, the date and the machine."""
+    arguments = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
+    return {
         "benchmark": benchmark,
-        "command": " ".join([os.path.basename(sys.executable), "-m", f"benchmarks.{benchmark}"] + sys.argv[1:]),
+        "command": " ".join([os.path.basename(sys.executable), "-m", f"benchmarks.{benchmark}", *arguments]),
+        "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(device),
+    }
+
+
+def write_json(
+    path: str, benchmark: str, settings: Dict, results, device: str, notes: Sequence[str] = (), argv: Optional[Sequence[str]] = None
+) -> None:
+    """Write one benchmark run: what ran (command, commit, settings), where (machine), and its results."""
+    payload = {
+        **provenance(benchmark, device, argv),
         "settings": settings,
         "notes": list(notes),
         "results": results,
@@ -154,8 +188,14 @@ def write_json(path: str, benchmark: str, settings: Dict, results, device: str, 
     print(f"wrote {path}")
 
 
-def default_output(benchmark: str, device: str) -> str:
-    return os.path.join(RESULTS_DIR, f"{benchmark}_{device}.json")
+def results_dir(benchmark: str) -> str:
+    """``experiments/<study>/results``: where ``benchmark`` writes unless told otherwise."""
+    return os.path.join(REPOSITORY, "experiments", STUDIES[benchmark], "results")
+
+
+def default_output(benchmark: str, device: str, precision: str = "fp32") -> str:
+    """``experiments/<study>/results/<device>[_<precision>].json``."""
+    return os.path.join(results_dir(benchmark), device + ("" if precision == "fp32" else f"_{precision}") + ".json")
 
 
 def start_benchmark(device: str, threads: Optional[int] = None) -> None:
@@ -344,7 +384,7 @@ class TrainingRunner:
         self.sample = dataset.collater([dataset[i] for i in range(num_clips)])
         if device == "cuda":
             # fairseq's EpochBatchIterator loads with pin_memory=True; an unpinned batch would add a synchronous,
-            # pageable host-to-device copy (39 ms for 512 x 10 s on an H200) that training does not pay.
+            # pageable host-to-device copy that training does not pay.
             from fairseq.utils import apply_to_sample
 
             self.sample = apply_to_sample(lambda tensor: tensor.pin_memory(), self.sample)

@@ -30,6 +30,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import fairseq_logmel_conformer  # noqa: F401  (registers the plugin's components)
+from benchmarks.common import provenance
 from fairseq_logmel_conformer.data.audio import read_audio
 from fairseq_logmel_conformer.data.manifest import read_manifest
 from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
@@ -118,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a logmel_conformer pre-training checkpoint")
     parser.add_argument("fold_dirs", nargs="+", help="ESC manifest folders (train/valid .tsv and .labels, labels.txt), one per fold")
-    parser.add_argument("--out", help="write the accuracies here as JSON")
+    parser.add_argument("--out", help="write the accuracies here as JSON, e.g. experiments/esc50_linear_probe/results/NAME.json")
     args = parser.parse_args(argv)
     torch.manual_seed(1)
     state = checkpoint_utils.load_checkpoint_to_cpu(args.checkpoint)
@@ -140,7 +141,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "valid_accuracy_per_fold": [accuracies[0] for accuracies in reference["valid_accuracy_per_layer_per_fold"]],
     }
     layers = ["latent_Z"] + [f"block{i + 1}" for i in range(cfg.encoder_layers)]
-    payload = {"checkpoint": args.checkpoint, "fold_dirs": args.fold_dirs, "layers": layers, **results}
+    payload = {**provenance("esc50_linear_probe", "cpu", argv), "checkpoint": args.checkpoint, "fold_dirs": args.fold_dirs, "layers": layers, **results}
     print(json.dumps(payload, indent=1))
     if args.out:
         with open(args.out, "w") as f:

@@ -18,9 +18,10 @@ held-out fold with the last checkpoint of each run (``--jobs`` runs at a time,
 each fine-tuning then evaluating); with ``--finetune-seeds``,
 both arms are fine-tuned once per seed and the table reports every (fold, seed)
 run and their mean, so a difference is not one seed's luck. It writes
-``benchmarks/results/esc50_pretrain_vs_scratch_<tag>.{json,md,png}``: the
-accuracy table, the validation-accuracy curves of both arms and the
-pre-training (contrastive) accuracy curve. ``--pretrain-audio
+``experiments/esc50_pretrain_vs_scratch/results/<name>.{json,md,png}``: every
+setting, command, commit and machine with the accuracies, a markdown table, and
+the validation-accuracy curves of both arms beside the pre-training
+(contrastive) accuracy curve. ``--pretrain-audio
 unlabeled+esc50-other`` adds the ESC-50 clips of the 40 classes outside ESC-10
 to the pre-training audio, without their labels (ESC-10 only, so no clip of the
 evaluated subset is ever seen in pre-training); ``unlabeled+training-folds`` adds
@@ -47,7 +48,7 @@ from typing import Dict, Iterable, List, Optional
 import numpy as np
 from omegaconf import OmegaConf
 
-from benchmarks.common import PRECISIONS, RESULTS_DIR, precision_overrides, write_json
+from benchmarks.common import PRECISIONS, precision_overrides, results_dir, write_json
 from benchmarks.esc50_report import ARMS, PAPER_RESULTS, pretrained_only, pretraining_curve, training_folds, validation_curve, write_figure, write_markdown
 from fairseq_logmel_conformer import CONFIG_DIR
 from fairseq_logmel_conformer.data.manifest import write_manifest
@@ -56,6 +57,8 @@ from fairseq_logmel_conformer.prepare.esc50 import read_metadata
 
 BENCHMARK = "esc50_pretrain_vs_scratch"
 BIN_DIR = os.path.dirname(sys.executable)
+# Settings that do not change the numbers: a rerun that differs only in these may replace a result of the same name.
+NOT_RESULT_SETTINGS = ("work_dir", "esc50_dir", "unlabeled_dir", "jobs", "threads", "threads_pretrain", "name", "results_dir", "total_wall_s")
 # pretrain_<config> and its fine-tuning encoder group +encoder=<config> describe the same conformer.
 CONFIGS = ("small", "cfS")
 
@@ -223,7 +226,7 @@ def pretraining_setting(args: argparse.Namespace) -> str:
 
 
 def pretraining_run(args: argparse.Namespace) -> str:
-    """Name of one pre-training run: its setting and seed (work-dir folders; results tags name the seed only if not 1)."""
+    """Name of one pre-training run in the work dir: its setting and seed."""
     return f"{pretraining_setting(args)}_seed{args.seed}"
 
 
@@ -371,7 +374,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument(
         "--finetune-override", nargs="+", default=[], metavar="KEY=VALUE",
         help="extra Hydra overrides of both arms' fine-tuning commands, e.g. criterion.consistency_weight=0; those of how a "
-        "checkpoint loads and trains (model.reinit_last_blocks, model.pretrained_lr_scale) go to the pre-trained arm "
+        "checkpoint loads (model.reinit_last_blocks) go to the pre-trained arm "
         "alone, and the scratch runs without them serve every value",
     )
     parser.add_argument("--seed", type=int, default=1, help="common.seed of pre-training (and of fine-tuning, unless --finetune-seeds)")
@@ -379,7 +382,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where pre-training, fine-tuning and evaluation run")
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="fp32",
-        help="fairseq's common.fp16 / common.bf16 for pre-training and both arms; named in run folders and tags unless fp32",
+        help="fairseq's common.fp16 / common.bf16 for pre-training and both arms; named in run folders unless fp32",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each fine-tuning / evaluation process")
     parser.add_argument("--threads-pretrain", type=int, default=2, help="torch threads of the pre-training process")
@@ -388,7 +391,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="fine-tuning runs (fold x seed x arm) at a time, one process each: 2 runs the two arms of a fold together; "
         "one GPU, which a single run leaves mostly idle, took 10 (five folds x two arms)",
     )
-    parser.add_argument("--tag", help="results file suffix (default: <subset>_<config>[_<model overrides>]_pt<budget>[_<audio>][_frac<F>][_<overrides>]_folds<...>_<fine-tuning>[_<overrides>][_ptseed<seed>][_seeds<...>])")
+    parser.add_argument("--name", help="results file name (default: <subset>_<config>_folds<folds>); every setting is in the JSON")
+    parser.add_argument("--results-dir", default=results_dir(BENCHMARK), help="folder of the results files (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
@@ -402,17 +406,33 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
-def default_tag(args: argparse.Namespace) -> str:
-    """Results file suffix naming everything that changes the numbers; seeds only where they differ from 1."""
-    seeds = ("" if args.seed == 1 else f"_ptseed{args.seed}") + ("" if args.finetune_seeds == [1] else "_seeds" + "".join(map(str, args.finetune_seeds)))
-    folds = "".join(map(str, args.folds))
-    return f"{args.subset}_{architecture(args)}_{pretraining_setting(args)}_folds{folds}_{finetune_setting(args)}{seeds}"
+def default_name(args: argparse.Namespace) -> str:
+    """A short results file name from a few key settings: ``esc50_cfS_folds12345``. The JSON holds all of them."""
+    return f"{args.subset}_{args.config}_folds{''.join(map(str, args.folds))}"
+
+
+def same_results_setting(recorded: Dict, settings: Dict) -> bool:
+    """Whether two runs' settings agree on everything that changes their numbers."""
+    def kept(values: Dict) -> Dict:
+        return {key: value for key, value in values.items() if key not in NOT_RESULT_SETTINGS}
+
+    return kept(recorded) == kept(json.loads(json.dumps(settings)))
+
+
+def results_base(args: argparse.Namespace, settings: Dict) -> str:
+    """``<results dir>/<name>``, numbered ``<name>_2``, ``_3``, ... past files that hold another setting's results:
+    a rerun of the same setting replaces its own files, never another's."""
+    name = args.name or default_name(args)
+    base, number = os.path.join(args.results_dir, name), 1
+    while os.path.isfile(base + ".json") and not same_results_setting(read_json(base + ".json")["settings"], settings):
+        number += 1
+        base = os.path.join(args.results_dir, f"{name}_{number}")
+    return base
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     began = time.perf_counter()
-    tag = args.tag or default_tag(args)
     manifests = build_manifests(args)
     pretraining = pretrain(args, manifests["unlabeled"])
     pretraining["curve"] = pretraining_curve(pretraining["log"])
@@ -429,13 +449,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     settings = {key: value for key, value in vars(args).items()}
     settings["total_wall_s"] = round(total_wall, 1)
     results = {"summary": summary, "pretraining": pretraining, "folds": runs, "paper": PAPER_RESULTS}
-    base = os.path.join(RESULTS_DIR, f"{BENCHMARK}_{tag}")
+    base = results_base(args, settings)
     notes = [
         "accuracy_last: logmel-evaluate on the held-out fold with the last fine-tuning checkpoint (no model selection on the test fold)",
         "best_valid_accuracy_during_training is the best epoch on the held-out fold itself: optimistic, for the curves only",
     ]
-    write_json(base + ".json", BENCHMARK, settings, results, args.device, notes)
-    write_figure(base + ".png", pretraining["curve"], {name: {arm: arms[arm]["curve"] for arm in ARMS} for name, arms in runs.items()}, tag)
+    write_json(base + ".json", BENCHMARK, settings, results, args.device, notes, argv)
+    write_figure(base + ".png", pretraining["curve"], {name: {arm: arms[arm]["curve"] for arm in ARMS} for name, arms in runs.items()}, os.path.basename(base))
     write_markdown(base + ".md", settings, summary, pretraining, runs, os.path.basename(base + ".png"))
     print(f"pre-trained {100 * summary['pretrained']:.1f}% vs scratch {100 * summary['scratch']:.1f}% ({summary['difference_points']:+.1f} points)")
     return 0

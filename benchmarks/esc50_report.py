@@ -19,7 +19,7 @@ import numpy as np
 ARMS = ("pretrained", "scratch")
 # How a checkpoint is loaded and trained: a run from scratch is the same without them, so the scratch arm's command
 # and folder leave them out and one scratch run serves every value.
-PRETRAINED_ONLY_OVERRIDES = ("model.reinit_last_blocks=", "model.pretrained_lr_scale=")
+PRETRAINED_ONLY_OVERRIDES = ("model.reinit_last_blocks=",)
 PRETRAINING_AUDIO = {
     "unlabeled": "the unlabelled folder (`--unlabeled-dir`)",
     "unlabeled+esc50-other": "the unlabelled folder and, without labels, the 1,600 ESC-50 clips outside ESC-10",

@@ -6,7 +6,7 @@
 # AUDIO_DIR  wav/flac/ogg/mp3 files in any sub-folders, at any rate and channel count (read as 16 kHz mono).
 # CONFIG     pretrain_cfS (default; 18.4M parameters), pretrain_cfL (88.1M), pretrain_tiny
 #            (a CPU smoke run); an argument without '=' is taken as CONFIG, the rest are Hydra overrides, e.g.
-#              common.bf16=true                                bf16 mixed precision (A100/H100; common.fp16=true on V100)
+#              common.bf16=true                                bf16 mixed precision (GPUs with bf16; common.fp16=true otherwise)
 #              common.memory_efficient_bf16=true               with it: fp32 master weights updated in a few kernels
 #              distributed_training.distributed_world_size=4   GPUs to use (default: all GPUs of the machine)
 #              optimization.update_freq='[2]'                  the batch of twice as many GPUs (max_tokens is per GPU)

@@ -14,13 +14,14 @@ LOAD_AND_EMBED = """
 import sys, json, torch
 import fairseq_logmel_conformer
 from fairseq import checkpoint_utils
+from fairseq_logmel_conformer.models.logmel_conformer import masked_mean
 models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([sys.argv[1]])
 model = models[0].eval()
 source = torch.randn(2, 24000)
 padding_mask = torch.zeros(2, 24000, dtype=torch.bool)
 padding_mask[1, 12000:] = True
 features, step_padding = model.extract_features(source, padding_mask)
-clips = model.clip_embedding(source, padding_mask)
+clips = masked_mean(features, step_padding)
 print(json.dumps({"model": type(model).__name__, "task": type(task).__name__, "features": list(features.shape),
                   "valid_steps": (~step_padding).sum(1).tolist(), "clip": list(clips.shape),
                   "finite": bool(torch.isfinite(features).all())}))

@@ -17,12 +17,14 @@ class MaskedConvolutionModule(nn.Module):
     All three convolutions keep ``nn.Conv1d`` weights (checkpoints are
     unchanged) but run on the (T, B, D) activations as they lie, without the
     copies a (B, D, T) layout costs. The pointwise ones are matrix products over
-    the (T, B) rows: as 1x1 convolutions over (B, D, T) with T = 125 steps per
-    10 s clip, an H200 ran them on a pre-Hopper GEMM kernel for unaligned
-    operands. The depthwise one is a (k, 1) convolution of the channels-last
-    image (1, D, T, B) that (T, B, D) memory already is, which PyTorch sends to
-    cuDNN; in (B, D, T) form bf16 ran on ATen's own, slower kernels. Batch norm
-    over the (T * B, D) rows takes the same statistics as over (B, D, T).
+    the (T, B) rows: a 1x1 convolution over (B, D, T) with a T that is not a
+    multiple of 8 (125 steps for a 10 s clip) runs on GEMM kernels for unaligned
+    operands; a matrix product over rows does not. The depthwise one is a (k, 1)
+    convolution of the channels-last image (1, D, T, B) that (T, B, D) memory
+    already is, which PyTorch sends to cuDNN, where the (B, D, T) form can fall
+    back to ATen's own depthwise kernels. Batch norm over the (T * B, D) rows
+    takes the same statistics as over (B, D, T). Measurements:
+    experiments/train_throughput.
     """
 
     def __init__(self, dim: int, kernel_size: int, dropout: float):

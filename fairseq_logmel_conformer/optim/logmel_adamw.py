@@ -2,9 +2,9 @@
 
 fairseq's ``adam`` loops over parameters in Python unless apex or fairseq's
 own CUDA extension is installed. That loop launches about ten kernels per
-parameter: on an H100 it took 36 ms of a 123 ms cf_L bf16 step. torch's fused
-AdamW updates every parameter in a few kernels, on the GPU and on the CPU:
-5 ms of an 89 ms step (benchmarks/results/results_cuda.md).
+parameter, and a host-bound GPU step waits for every launch. torch's fused
+AdamW updates every parameter in a few kernels, on the GPU and on the CPU
+(measurements: experiments/train_throughput).
 
 Gradient clipping likewise takes torch's multi-tensor norm instead of
 fairseq's one norm kernel per parameter (367 of them in cf_L).
