@@ -199,6 +199,13 @@ def slug(override: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", override)
 
 
+def arch_config(name: str):
+    """``config/pretraining/arch/<name>.yaml`` over the architectures its defaults list names."""
+    config = OmegaConf.load(os.path.join(CONFIG_DIR, "pretraining", "arch", f"{name}.yaml"))
+    parents = config.pop("defaults", [])
+    return OmegaConf.merge(*(arch_config(parent) for parent in parents), config)
+
+
 def architecture(args: argparse.Namespace) -> str:
     """Name of the conformer both arms train: the config, its log-mel normalisation, then any other --model-override.
 
@@ -207,8 +214,7 @@ def architecture(args: argparse.Namespace) -> str:
     """
     overrides = list(args.model_override)
     if not any(override.startswith("feature_norm=") for override in overrides):
-        scratch_encoder = OmegaConf.load(os.path.join(CONFIG_DIR, "finetuning", "encoder", f"{args.config}.yaml"))
-        overrides.insert(0, f"feature_norm={scratch_encoder.feature_norm}")
+        overrides.insert(0, f"feature_norm={arch_config(args.config).feature_norm}")
     return args.config + "".join("_" + slug(override) for override in overrides)
 
 
