@@ -449,3 +449,28 @@ def test_loss_depends_only_on_masked_steps():
     changed[mask] = torch.randn(int(mask.sum()), 16)
     assert not torch.allclose(scored_logits(changed), reference)
     assert not mask.all() and mask.any()
+
+
+def test_a_checkpoint_from_before_feature_norm_loads_with_the_layer_norm_it_was_trained_with(tmp_path, pretrained_checkpoint):
+    """The default is global; a checkpoint saved before the field existed holds the feature encoder's layer norm
+    and no feature_norm in its config. Loaded through fairseq, the model adopts the norm it was trained with."""
+    from fairseq_logmel_conformer.checkpoint import load_model
+
+    state = torch.load(pretrained_checkpoint, map_location="cpu", weights_only=False)
+    model_cfg = dict(state["cfg"]["model"])
+    del model_cfg["feature_norm"]
+    state["cfg"]["model"] = model_cfg
+    torch.manual_seed(0)
+    old = LogmelConformerModel(LogmelConformerConfig(**{k: v for k, v in model_cfg.items() if k != "_name"}, feature_norm="layer"))
+    with torch.no_grad():
+        old.feature_encoder.layer_norm.weight.uniform_(0.5, 1.5)
+    state["model"] = old.state_dict()
+    path = str(tmp_path / "old.pt")
+    torch.save(state, path)
+    assert LogmelConformerConfig.feature_norm == "global"
+    loaded, _, _ = load_model(path)
+    assert loaded.cfg.feature_norm == "layer"
+    source = torch.randn(2, 16000)
+    old.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.extract_features(source)[0], old.extract_features(source)[0], rtol=0, atol=0)
