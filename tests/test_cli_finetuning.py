@@ -1,26 +1,13 @@
 """End to end: fine-tune through the real fairseq-hydra-train, then evaluate with logmel-evaluate."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import hydra_train, run_cli
+from conftest import hydra_train, run_cli, tagging_corpus
 
 from fairseq_logmel_conformer.data.synthetic import SOUND_CLASSES
-
-
-def tagging_corpus(labelled_corpus, tmp_path):
-    """The labelled corpus with a second label on every other clip (multi-label) and one clip with none."""
-    folder = tmp_path / "tagging"
-    shutil.copytree(labelled_corpus, folder)
-    for split in ("train", "valid"):
-        lines = (folder / f"{split}.labels").read_text().splitlines()
-        lines = [f"{label},{SOUND_CLASSES[(i + 1) % 5]}" if i % 2 else label for i, label in enumerate(lines)]
-        lines[0] = ""
-        (folder / f"{split}.labels").write_text("\n".join(lines) + "\n")
-    return str(folder)
 
 
 def evaluate(checkpoint, out_dir, workdir):
