@@ -40,6 +40,14 @@ def test_manifest_tool_reports_unreadable_files(tmp_path):
     listed = [line.split("\t")[0] for name in ("train", "valid") for line in (tmp_path / "m" / f"{name}.tsv").read_text().splitlines()[1:]]
     assert len(listed) == 6 and "broken.wav" not in listed
     assert "broken.wav" in (tmp_path / "m" / "unreadable.txt").read_text()
+    assert "tensorboardX" not in result.stdout + result.stderr
+
+
+def test_console_scripts_do_not_advise_installing_tensorboardx(tmp_path):
+    """fairseq logs "Please install tensorboardX" as it imports its text-to-speech task; nothing here uses it."""
+    result = run_cli(["logmel-manifest", "--help"], cwd=str(tmp_path))
+    assert "usage: logmel-manifest" in result.stdout
+    assert "tensorboardX" not in result.stdout + result.stderr
 
 
 def test_pretrain_tiny_then_load_in_a_fresh_process(pretrained_checkpoint):
