@@ -57,7 +57,7 @@ def main() -> None:
         checkpoint = args.checkpoint or pretrain_demo_checkpoint(workdir)
         # 10 s windows overlapping by 2 s: recordings of any length take the same memory.
         model = AudioModel.from_checkpoint(checkpoint, device=args.device, window_seconds=10.0, overlap_seconds=2.0)
-        print(f"{type(model.model).__name__}: {model.embedding_dim}-d embeddings every {model.step_seconds * 1000:.0f} ms")
+        print(f"{type(model.model).__name__}: {model.embedding_dim}-d embeddings every {model.geometry.step_seconds * 1000:.0f} ms")
 
         if args.audio:
             result = model.embed(args.audio)
@@ -82,7 +82,9 @@ def main() -> None:
         if model.is_classifier:
             prediction = model.predict(args.audio or path, frame_level=True)
             print("top classes:", ", ".join(f"{name} {p:.2f}" for name, p in prediction.top_k(5)))
-            per_second = prediction.frame_probabilities[:: round(1 / model.step_seconds)]
+            # Steps are 80 ms: average the probabilities of the steps centred in each second [s, s + 1).
+            seconds = np.floor(prediction.timestamps).astype(int)
+            per_second = np.stack([prediction.frame_probabilities[seconds == s].mean(0) for s in np.unique(seconds)])
             print("most probable class each second:", [model.class_names[i] for i in per_second.argmax(1)])
 
 

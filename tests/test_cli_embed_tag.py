@@ -112,9 +112,12 @@ def test_tag_refuses_a_pretrained_checkpoint(pretrained_checkpoint, audio_folder
         tag.main([pretrained_checkpoint, str(audio_folder / "a.wav")])
 
 
-def test_example_script_runs(pretrained_checkpoint, tmp_path):
+def test_example_script_runs(finetuned_checkpoint, tmp_path):
+    """A fine-tuned checkpoint: embeddings, then class probabilities, one class per second of the 25 s recording."""
     example = os.path.join(REPO_ROOT, "examples", "extract_embeddings.py")
-    output = run_cli(["python", example, pretrained_checkpoint], cwd=str(tmp_path)).stdout
+    output = run_cli(["python", example, finetuned_checkpoint], cwd=str(tmp_path)).stdout
     assert "array and file input agree: max difference 0.0e+00" in output
     assert "frame embeddings (312, 64), clip embedding (64,), 25.00 s" in output
     assert "timestamps (step centres, s): [0.03 0.11 0.19 0.27] ... 24.910" in output
+    per_second = output.split("most probable class each second: ", 1)[1].splitlines()[0]
+    assert len(per_second.split(", ")) == 25, per_second
