@@ -82,7 +82,9 @@ def main() -> None:
         if model.is_classifier:
             prediction = model.predict(args.audio or path, frame_level=True)
             print("top classes:", ", ".join(f"{name} {p:.2f}" for name, p in prediction.top_k(5)))
-            per_second = prediction.frame_probabilities[:: round(1 / model.geometry.step_seconds)]
+            # Steps are 80 ms: average the probabilities of the steps centred in each second [s, s + 1).
+            seconds = np.floor(prediction.timestamps).astype(int)
+            per_second = np.stack([prediction.frame_probabilities[seconds == s].mean(0) for s in np.unique(seconds)])
             print("most probable class each second:", [model.class_names[i] for i in per_second.argmax(1)])
 
 

@@ -8,6 +8,10 @@ import logging
 import os
 
 _root_level = logging.getLogger().level
+# fairseq logs "Please install tensorboardX" while it imports its text-to-speech task, which nothing here uses: drop
+# that record. This works where this package is imported before fairseq (its console scripts, `import
+# fairseq_logmel_conformer` first); fairseq-hydra-train imports fairseq before Hydra loads any plugin.
+logging.getLogger("fairseq.tasks.text_to_speech").addFilter(lambda record: "tensorboardX" not in record.getMessage())
 from . import criterions, models, optim, tasks  # noqa: E402,F401  (registration side effects)
 from .checkpoint import install as _install_checkpoint_loading  # noqa: E402
 

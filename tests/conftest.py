@@ -1,5 +1,6 @@
 """Shared fixtures: generated audio, manifests, and a helper to run fairseq's CLI in a subprocess."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,24 @@ def write_labelled_corpus(folder, num_train, num_valid, seconds=(1.0, 3.0), seed
     clips = write_dataset(folder, num_clips=num_train + num_valid, seconds=seconds, seed=seed)
     write_label_files(folder, clips[:num_train], "train", classes=SOUND_CLASSES)
     write_label_files(folder, clips[num_train:], "valid")
+    return folder
+
+
+def tagging_corpus(labelled_corpus, tmp_path):
+    """The labelled corpus with a second label on every other clip (multi-label) and one clip with none.
+
+    Only the manifests and label files are copied: the manifests name the audio by its absolute folder."""
+    folder = os.path.join(str(tmp_path), "tagging")
+    os.makedirs(folder)
+    shutil.copy(os.path.join(labelled_corpus, "labels.txt"), folder)
+    for split in ("train", "valid"):
+        shutil.copy(os.path.join(labelled_corpus, f"{split}.tsv"), folder)
+        with open(os.path.join(labelled_corpus, f"{split}.labels")) as f:
+            lines = f.read().splitlines()
+        lines = [f"{label},{SOUND_CLASSES[(i + 1) % 5]}" if i % 2 else label for i, label in enumerate(lines)]
+        lines[0] = ""
+        with open(os.path.join(folder, f"{split}.labels"), "w") as f:
+            f.write("\n".join(lines) + "\n")
     return folder
 
 

@@ -125,14 +125,33 @@ def test_tag_prints_top_k_and_writes_timelines(finetuned_checkpoint, audio_folde
     assert sorted(p.name for p in plots.iterdir()) == ["a.png", "c.png"]
 
 
+def test_tag_timeline_scales_each_class_to_its_peak(finetuned_checkpoint, audio_folder, tmp_path, monkeypatch):
+    """On a fixed 0-1 scale a quiet class was black: every row of the heat map reaches the top of its colour scale."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda figure, *args, **kwargs: (saved.append(figure), savefig(figure, *args, **kwargs)))
+    assert tag.main([finetuned_checkpoint, str(audio_folder / "a.wav"), "--timeline-dir", str(tmp_path / "plots"), "--timeline-classes", "5"]) == 0
+    image = saved[0].axes[0].images[0]
+    low, high = image.get_clim()
+    shown = (np.asarray(image.get_array()) - low) / (high - low)
+    assert shown.shape[0] == 5
+    np.testing.assert_allclose(shown.max(axis=1), 1.0, rtol=1e-6)
+    assert "peak" in saved[0].axes[1].get_ylabel() and all("peak" in label.get_text() for label in saved[0].axes[0].get_yticklabels())
+
+
 def test_tag_refuses_a_pretrained_checkpoint(pretrained_checkpoint, audio_folder):
     with pytest.raises(SystemExit, match="without a classifier"):
         tag.main([pretrained_checkpoint, str(audio_folder / "a.wav")])
 
 
-def test_example_script_runs(pretrained_checkpoint, tmp_path):
+def test_example_script_runs(finetuned_checkpoint, tmp_path):
+    """A fine-tuned checkpoint: embeddings, then class probabilities, one class per second of the 25 s recording."""
     example = os.path.join(REPO_ROOT, "examples", "extract_embeddings.py")
-    output = run_cli(["python", example, pretrained_checkpoint], cwd=str(tmp_path)).stdout
+    output = run_cli(["python", example, finetuned_checkpoint], cwd=str(tmp_path)).stdout
     assert "array and file input agree: max difference 0.0e+00" in output
     assert "frame embeddings (312, 64), clip embedding (64,), 25.00 s" in output
     assert "timestamps (step centres, s): [0.03 0.11 0.19 0.27] ... 24.910" in output
+    per_second = output.split("most probable class each second: ", 1)[1].splitlines()[0]
+    assert len(per_second.split(", ")) == 25, per_second

@@ -1,26 +1,13 @@
 """End to end: fine-tune through the real fairseq-hydra-train, then evaluate with logmel-evaluate."""
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
 import torch
-from conftest import hydra_train, run_cli
+from conftest import hydra_train, run_cli, tagging_corpus
 
 from fairseq_logmel_conformer.data.synthetic import SOUND_CLASSES
-
-
-def tagging_corpus(labelled_corpus, tmp_path):
-    """The labelled corpus with a second label on every other clip (multi-label) and one clip with none."""
-    folder = tmp_path / "tagging"
-    shutil.copytree(labelled_corpus, folder)
-    for split in ("train", "valid"):
-        lines = (folder / f"{split}.labels").read_text().splitlines()
-        lines = [f"{label},{SOUND_CLASSES[(i + 1) % 5]}" if i % 2 else label for i, label in enumerate(lines)]
-        lines[0] = ""
-        (folder / f"{split}.labels").write_text("\n".join(lines) + "\n")
-    return str(folder)
 
 
 def evaluate(checkpoint, out_dir, workdir):
@@ -143,3 +130,19 @@ def test_finetune_loads_the_pretrained_encoder_keeps_its_config_can_freeze_it_an
     restarted = "context_encoder.layers.1.ffn1.sequential.1.weight"
     assert not torch.allclose(finetuned["model"][f"encoder.{restarted}"], pretrained["model"][restarted], atol=1e-3)
     assert finetuned["model"]["head.weight"].shape == (5, 64)
+
+
+@pytest.mark.parametrize("max_update", [1, 2])
+def test_finetune_runs_for_any_positive_max_update(tmp_path, labelled_corpus, max_update):
+    """The 30/30/40% schedule rounds to no warm-up, no hold and one update of decay: the first update runs at the peak
+    rate, and the rate fairseq logs after each update is the final one."""
+    workdir = str(tmp_path)
+    result = hydra_train(
+        "finetune_esc50", workdir, f"task.data={labelled_corpus}", "model.pretrained_path=null", "+encoder=tiny",
+        f"optimization.max_update={max_update}", "dataset.batch_size=4", "dataset.num_workers=0", "common.log_interval=1",
+    )
+    logged = [json.loads(line.split(" - ", 1)[1]) for line in result.stdout.splitlines() if "[train_inner]" in line]
+    assert [int(log["num_updates"]) for log in logged] == list(range(1, max_update + 1))
+    assert [float(log["lr"]) for log in logged] == [pytest.approx(1e-4 * 0.05)] * max_update
+    state = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", weights_only=False)
+    assert state["optimizer_history"][-1]["num_updates"] == max_update

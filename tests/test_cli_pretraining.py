@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from conftest import REPO_ROOT, hydra_train, run_cli
+from conftest import BIN_DIR, REPO_ROOT, hydra_train, run_cli
 
 from fairseq_logmel_conformer.data.synthetic import write_dataset
 
@@ -41,6 +41,14 @@ def test_manifest_tool_reports_unreadable_files(tmp_path):
     listed = [line.split("\t")[0] for name in ("train", "valid") for line in (tmp_path / "m" / f"{name}.tsv").read_text().splitlines()[1:]]
     assert len(listed) == 6 and "broken.wav" not in listed
     assert "broken.wav" in (tmp_path / "m" / "unreadable.txt").read_text()
+    assert "tensorboardX" not in result.stdout + result.stderr
+
+
+def test_console_scripts_do_not_advise_installing_tensorboardx(tmp_path):
+    """fairseq logs "Please install tensorboardX" as it imports its text-to-speech task; nothing here uses it."""
+    result = run_cli(["logmel-manifest", "--help"], cwd=str(tmp_path))
+    assert "usage: logmel-manifest" in result.stdout
+    assert "tensorboardX" not in result.stdout + result.stderr
 
 
 def test_pretrain_tiny_then_load_in_a_fresh_process(pretrained_checkpoint):
@@ -101,3 +109,16 @@ def test_memory_efficient_bf16_trains_like_fairseqs_bf16_optimizer(tmp_path, pre
     assert len(runs["ours"][0]) == 4 and runs["ours"][0] == runs["fairseq"][0]
     for key, weight in runs["ours"][1].items():
         assert torch.equal(weight, runs["fairseq"][1][key]), key
+
+
+def test_a_misspelt_config_name_says_no_such_config_and_lists_the_shipped_ones(tmp_path):
+    """fairseq-hydra-train would compose fairseq's bare defaults under an unknown name and fail on task.data."""
+    result = subprocess.run(
+        [os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "finetune_esc5O", "common.cpu=true", "task.data=/nonexistent"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode != 0
+    assert "--config-name finetune_esc5O: no config of that name exists (did you mean finetune_esc50?)" in result.stderr, result.stderr[-3000:]
+    shipped = result.stderr.split("Configs shipped with fairseq_logmel_conformer: ", 1)[1].split(".\n", 1)[0].split(", ")
+    assert {"pretrain_tiny", "pretrain_cfS", "finetune_esc50", "finetune_audioset_balanced"} <= set(shipped)
+    assert "not in struct" not in result.stderr

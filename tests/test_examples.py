@@ -20,7 +20,6 @@ from fairseq_logmel_conformer.data.synthetic import synthesize, write_dataset
 EXAMPLES = os.path.join(REPO_ROOT, "examples")
 PLUGIN = os.path.join(EXAMPLES, "new_task_plugin")
 CALL_TYPES = ["song", "alarm", "contact", "no_call"]
-# tri_stage needs max_update >= 4 (30% warm-up, 30% hold, 40% decay, each at least one update).
 FAST = ["optimization.max_update=4", "dataset.batch_size=4", "dataset.num_workers=0", "common.log_interval=1"]
 
 

@@ -159,3 +159,30 @@ def test_memory_efficient_half_precision_leaves_a_parameter_without_gradient_alo
             if a.grad is not None:
                 moment = resumed.optimizer.state[b]["exp_avg_sq"]
                 assert moment.dtype == torch.float32 and torch.equal(moment, optimizer.optimizer.state[a]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("max_update", [3, 4, 7, 10, 4000])
+def test_logmel_tri_stage_is_fairseqs_tri_stage_wherever_that_works(max_update):
+    from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRScheduleConfig, TriStageLRSchedule
+
+    from fairseq_logmel_conformer.optim.logmel_tri_stage import LogmelTriStageConfig, LogmelTriStageSchedule
+
+    settings = dict(phase_ratio=[0.3, 0.3, 0.4], init_lr_scale=0.01, final_lr_scale=0.05, max_update=max_update, lr=[1e-4])
+    ours = LogmelTriStageSchedule(OmegaConf.structured(LogmelTriStageConfig(**settings)), make_optimizer([torch.nn.Parameter(torch.zeros(1))]))
+    theirs = TriStageLRSchedule(OmegaConf.structured(TriStageLRScheduleConfig(**settings)), make_optimizer([torch.nn.Parameter(torch.zeros(1))]))
+    assert [ours.step_update(n) for n in range(max_update + 2)] == [theirs.step_update(n) for n in range(max_update + 2)]
+
+
+def test_logmel_tri_stage_names_the_setting_to_change():
+    from fairseq_logmel_conformer.optim.logmel_tri_stage import LogmelTriStageConfig, LogmelTriStageSchedule
+
+    def build(**fields):
+        cfg = LogmelTriStageConfig(init_lr_scale=0.01, final_lr_scale=0.05, lr=[1e-4], **fields)
+        return LogmelTriStageSchedule(OmegaConf.structured(cfg), make_optimizer([torch.nn.Parameter(torch.zeros(1))]))
+
+    with pytest.raises(ValueError, match="set optimization.max_update"):
+        build(phase_ratio=[0.3, 0.3, 0.4], max_update=0)
+    with pytest.raises(ValueError, match="lr_scheduler.phase_ratio must be three fractions"):
+        build(phase_ratio=[0.5, 0.3, 0.4], max_update=10)
+    with pytest.raises(ValueError, match="lr_scheduler.decay_steps must be at least 1"):
+        build(warmup_steps=5, max_update=10)

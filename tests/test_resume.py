@@ -1,8 +1,10 @@
-"""Interrupted pre-training runs with the real fairseq-hydra-train on generated audio (CPU, fixed seed).
+"""Interrupted training runs with the real fairseq-hydra-train on generated audio (CPU, fixed seed).
 
 * SIGKILL after a mid-epoch checkpoint, then the same command again: the run
   resumes from checkpoint_last.pt and logs exactly the losses (and learning
-  rates, accuracies, gradient norms) of an uninterrupted run from there on.
+  rates, accuracies, gradient norms) and validation metrics of an
+  uninterrupted run from there on; for pre-training, and for fine-tuning
+  (classification and tagging, with and without the consistency loss).
 * Checkpoints cut short (a full disk during a save): rerunning the same
   command (``fairseq-hydra-train`` or a launch script) names the damaged file
   and resumes from the previous intact checkpoint; with none left it stops
@@ -17,7 +19,7 @@ import time
 import pytest
 import torch
 
-from conftest import BIN_DIR, REPO_ROOT, hydra_train, run_cli, write_labelled_corpus
+from conftest import BIN_DIR, REPO_ROOT, hydra_train, run_cli, tagging_corpus, write_labelled_corpus
 
 # 64 one-second clips, 4 per batch: 16 updates per epoch, so every save (each 4 updates) of a run of
 # 14 updates is mid-epoch, and a kill that comes late still leaves a mid-epoch checkpoint_last.pt.
@@ -28,6 +30,18 @@ TRAINING = [
     "common.log_interval=1",
 ]
 LOGGED = ("loss", "lr", "accuracy", "gnorm")
+# Fine-tuning the tiny encoder from scratch on the same clips, 4 per batch: the saves (each 2 updates) of a run of
+# 6 are mid-epoch, and each is preceded by a validation, whose clip-score meter the checkpoint then holds.
+FINETUNING = [
+    "model.pretrained_path=null",
+    "+encoder=tiny",
+    "dataset.batch_size=4",
+    "dataset.num_workers=0",
+    "checkpoint.save_interval_updates=2",
+    "common.log_interval=1",
+]
+# What differs between two runs of the same command: speeds and clocks.
+TIMING = {"wps", "ups", "wpb", "bsz", "wall", "train_wall", "gb_free"}
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +49,11 @@ def corpus(tmp_path_factory):
     return write_labelled_corpus(str(tmp_path_factory.mktemp("resume_corpus")), num_train=64, num_valid=4, seconds=(1.0, 1.0), seed=5)
 
 
-def command(corpus: str, workdir: str, max_update: int):
+def command(config: str, workdir: str, *overrides: str):
     return [
-        os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "pretrain_tiny", "common.cpu=true", "common.log_format=json",
-        f"checkpoint.save_dir={workdir}/checkpoints", f"hydra.run.dir={workdir}/run", f"task.data={corpus}",
-        f"optimization.max_update={max_update}",
-    ] + TRAINING
+        os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", config, "common.cpu=true", "common.log_format=json",
+        f"checkpoint.save_dir={workdir}/checkpoints", f"hydra.run.dir={workdir}/run", *overrides,
+    ]
 
 
 def logged_updates(log: str):
@@ -53,24 +66,34 @@ def logged_updates(log: str):
     return updates
 
 
+def logged_records(log: str):
+    """{(kind, num_updates): record} of fairseq's per-update ("train_inner") and validation ("valid") json log
+    lines, without the speeds and clocks."""
+    records = {}
+    for line in log.splitlines():
+        for kind in ("train_inner", "valid"):
+            if f"[{kind}]" in line:
+                record = json.loads(line.split(" - ", 1)[1])
+                prefix = "valid_" if kind == "valid" else ""
+                records[kind, int(record[prefix + "num_updates"])] = {
+                    key: value for key, value in record.items() if key[len(prefix):] not in TIMING
+                }
+    return records
+
+
 def checkpoint_position(path: str):
     state = torch.load(path, map_location="cpu", weights_only=False)
     iterator = state["extra_state"]["train_iterator"]
     return state["optimizer_history"][-1]["num_updates"], iterator["epoch"], iterator["iterations_in_epoch"]
 
 
-def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_losses(corpus, tmp_path):
-    full = str(tmp_path / "full")
-    os.makedirs(full)
-    uninterrupted = logged_updates(hydra_train("pretrain_tiny", full, f"task.data={corpus}", "optimization.max_update=14", *TRAINING).stdout)
-    assert sorted(uninterrupted) == list(range(1, 15))
-
-    killed = str(tmp_path / "killed")
-    os.makedirs(killed)
+def kill_after_a_mid_epoch_checkpoint_and_rerun(arguments, workdir: str, max_update: int):
+    """Run ``arguments`` in ``workdir``, SIGKILL it once it has saved a checkpoint, check checkpoint_last.pt is
+    mid-epoch, run the same command again; return the update it resumed after and the second run's output."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    log_path = os.path.join(killed, "first.log")
+    log_path = os.path.join(workdir, "first.log")
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command(corpus, killed, 14), cwd=killed, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(arguments, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         # fairseq logs "Saved checkpoint" once checkpoint_last.pt is complete.
         while "Saved checkpoint" not in open(log_path).read() and process.poll() is None and time.monotonic() < deadline:
@@ -81,16 +104,56 @@ def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_los
     assert process.returncode == -signal.SIGKILL, first[-3000:]
     assert "done training" not in first, "the run finished before it was killed"
 
-    resumed_at, epoch, iterations_in_epoch = checkpoint_position(os.path.join(killed, "checkpoints", "checkpoint_last.pt"))
-    assert 4 <= resumed_at < 14 and iterations_in_epoch > 0, "checkpoint_last.pt is not a mid-epoch checkpoint"
+    resumed_at, epoch, iterations_in_epoch = checkpoint_position(os.path.join(workdir, "checkpoints", "checkpoint_last.pt"))
+    assert 0 < resumed_at < max_update and iterations_in_epoch > 0, "checkpoint_last.pt is not a mid-epoch checkpoint"
 
-    result = subprocess.run(command(corpus, killed, 14), cwd=killed, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(arguments, cwd=workdir, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"(epoch {epoch} @ {resumed_at} updates)" in result.stdout, "did not resume from checkpoint_last.pt"
-    resumed = logged_updates(result.stdout)
+    return resumed_at, result.stdout
+
+
+def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_losses(corpus, tmp_path):
+    full = str(tmp_path / "full")
+    os.makedirs(full)
+    uninterrupted = logged_updates(hydra_train("pretrain_tiny", full, f"task.data={corpus}", "optimization.max_update=14", *TRAINING).stdout)
+    assert sorted(uninterrupted) == list(range(1, 15))
+
+    killed = str(tmp_path / "killed")
+    os.makedirs(killed)
+    arguments = command("pretrain_tiny", killed, f"task.data={corpus}", "optimization.max_update=14", *TRAINING)
+    resumed_at, log = kill_after_a_mid_epoch_checkpoint_and_rerun(arguments, killed, 14)
+    assert resumed_at >= 4
+    resumed = logged_updates(log)
     assert sorted(resumed) == list(range(resumed_at + 1, 15))
     for update, values in resumed.items():
         assert values == uninterrupted[update], f"update {update}: resumed {values}, uninterrupted {uninterrupted[update]}"
+
+
+# Classification with the consistency loss, tagging without: each task and each criterion path once (16 s a case).
+@pytest.mark.parametrize(
+    "config, multilabel, consistency_weight", [("finetune_esc50", False, 2.0), ("finetune_audioset_balanced", True, 0.0)]
+)
+def test_finetuning_killed_after_a_mid_epoch_checkpoint_resumes_with_the_same_losses_and_metrics(
+    corpus, tmp_path, config, multilabel, consistency_weight
+):
+    """The checkpoint of a fine-tuning run holds the validation's clip-score meter, which the rerun restores."""
+    data = tagging_corpus(corpus, tmp_path) if multilabel else corpus
+    overrides = [f"task.data={data}", "optimization.max_update=6", f"criterion.consistency_weight={consistency_weight}", *FINETUNING]
+    full = str(tmp_path / "full")
+    os.makedirs(full)
+    uninterrupted = logged_records(hydra_train(config, full, *overrides).stdout)
+    metric = "valid_mAP" if multilabel else "valid_accuracy"
+    assert [update for kind, update in sorted(uninterrupted) if kind == "valid"] == [2, 4, 6]
+    assert all(metric in uninterrupted["valid", update] for update in (2, 4, 6))
+
+    killed = str(tmp_path / "killed")
+    os.makedirs(killed)
+    resumed_at, log = kill_after_a_mid_epoch_checkpoint_and_rerun(command(config, killed, *overrides), killed, 6)
+    resumed = logged_records(log)
+    assert sorted(resumed) == sorted(key for key in uninterrupted if key[1] > resumed_at)
+    for key, values in resumed.items():
+        assert values == uninterrupted[key], f"{key}: resumed {values}, uninterrupted {uninterrupted[key]}"
 
 
 def test_bf16_run_resumes_exactly_from_the_fp32_master_weights_in_its_checkpoint(corpus, tmp_path):
@@ -141,7 +204,7 @@ def test_checkpoints_cut_short_are_reported_and_training_resumes_from_the_previo
     assert f"training resumes from {previous}" in check.stdout
 
     # The same fairseq-hydra-train command resumes from the intact checkpoint, naming the damaged one.
-    resumed = run_cli(command(corpus, os.path.join(workdir, "out"), 8), cwd=workdir)
+    resumed = run_cli(command("pretrain_tiny", os.path.join(workdir, "out"), f"task.data={corpus}", "optimization.max_update=8", *TRAINING), cwd=workdir)
     assert f"{last}: corrupt or cut short" in resumed.stdout + resumed.stderr
     assert f"resuming from {previous}, the newest intact checkpoint" in resumed.stdout + resumed.stderr
     assert "(epoch 1 @ 4 updates)" in resumed.stdout, "did not resume from the previous intact checkpoint"

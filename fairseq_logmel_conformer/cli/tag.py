@@ -7,7 +7,7 @@ AUDIO may be audio files, folders (searched recursively) or fairseq manifests
 path, then one ``probability<TAB>label`` line per class, most probable first.
 With ``--timeline-dir``, also writes ``PLOTS/<name>.png``: the frame-level
 probabilities over time of the file's top ``--timeline-classes`` classes (a
-sound event detection view). ``--labels`` shows the display names of a
+sound event detection view), each class scaled to its own peak. ``--labels`` shows the display names of a
 ``labels.txt`` (second column) instead of the class names (e.g. AudioSet MIDs).
 Unreadable files are listed at the end and make the exit status 1.
 """
@@ -25,7 +25,11 @@ from .common import add_checkpoint_arguments, add_device_arguments, add_window_a
 
 
 def plot_timeline(prediction: Prediction, names: List[str], num_classes: int, title: str, path: str) -> None:
-    """Write a heat map of ``prediction.frame_probabilities`` (T', C) for its ``num_classes`` most probable classes."""
+    """Write a heat map of ``prediction.frame_probabilities`` (T', C) for its ``num_classes`` most probable classes.
+
+    Each class's row is scaled to its own peak in the file (the top of the colour bar), so the time course of a
+    quiet class shows as clearly as a loud one's; each row's label gives the clip probability and that peak.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,14 +37,16 @@ def plot_timeline(prediction: Prediction, names: List[str], num_classes: int, ti
 
     top = np.argsort(-prediction.probabilities, kind="stable")[:num_classes]
     frames = prediction.frame_probabilities[:, top].T
+    peaks = frames.max(axis=1)
+    scaled = frames / np.where(peaks > 0, peaks, 1.0)[:, None]
     step = prediction.timestamps[1] - prediction.timestamps[0] if len(prediction.timestamps) > 1 else 0.08
     start, end = prediction.timestamps[0] - step / 2, prediction.timestamps[-1] + step / 2
     figure, axes = plt.subplots(figsize=(10, 1.2 + 0.35 * len(top)))
-    image = axes.imshow(frames, aspect="auto", interpolation="nearest", vmin=0.0, vmax=1.0, cmap="magma", extent=(start, end, len(top) - 0.5, -0.5))
-    axes.set_yticks(range(len(top)), [f"{names[i]} ({prediction.probabilities[i]:.2f})" for i in top])
+    image = axes.imshow(scaled, aspect="auto", interpolation="nearest", vmin=0.0, vmax=1.0, cmap="magma", extent=(start, end, len(top) - 0.5, -0.5))
+    axes.set_yticks(range(len(top)), [f"{names[i]} (clip {prediction.probabilities[i]:.2f}, peak {peak:.2g})" for i, peak in zip(top, peaks)])
     axes.set_xlabel("time (s)")
     axes.set_title(title)
-    figure.colorbar(image, ax=axes, label="probability")
+    figure.colorbar(image, ax=axes, label="probability / the class's peak")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

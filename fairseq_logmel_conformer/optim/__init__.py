@@ -1,1 +1,1 @@
-from . import logmel_adamw  # noqa: F401  (registration side effect)
+from . import logmel_adamw, logmel_tri_stage  # noqa: F401  (registration side effects)

@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from fairseq import metrics
 from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import meters
 from fairseq.logging.meters import Meter
 from omegaconf import II, open_dict
 
@@ -33,9 +34,14 @@ class ClipScoreMeter(Meter):
     Clips are keyed by dataset id, so the padding batches fairseq repeats on
     uneven shards are counted once. Across processes the collected clips are
     gathered with ``all_gather_object``, which works on gloo and NCCL alike.
+
+    A checkpoint keeps only ``multilabel`` (fairseq saves the meters of every
+    aggregator, the "valid" one included); a restored meter starts empty. The
+    validation metrics fairseq logs come from a fresh aggregator each time, so
+    a resumed run logs what an uninterrupted one does.
     """
 
-    def __init__(self, multilabel: bool):
+    def __init__(self, multilabel: bool = False):
         self.multilabel = multilabel
         self.reset()
 
@@ -73,6 +79,12 @@ class ClipScoreMeter(Meter):
     @property
     def smoothed_value(self) -> float:
         return float(len(self.scores))
+
+
+# fairseq restores a checkpoint's meters (MetersDict.load_state_dict) by looking each class name up in
+# fairseq.logging.meters and calling it without arguments: without this name there, a fine-tuning run cannot resume
+# (KeyError: 'ClipScoreMeter'), from its own checkpoints or from those written before this line.
+meters.ClipScoreMeter = ClipScoreMeter
 
 
 class LabelledAudioTask(LogmelPretrainingTask):
