@@ -93,12 +93,20 @@ def training_seconds(out: str) -> Optional[float]:
     return float(re.findall(r'\[train\]\[INFO\] - \{.*"train_wall": "([0-9.]+)"', text)[-1])
 
 
+def unlabeled_name(dirs: List[str]) -> str:
+    """``unlabeled`` for one ``--unlabeled-dir``; for several, their folder names joined by ``+``
+    (``unlabeled+unlabeled_sfx``), so that other audio never shares a run folder or a result."""
+    return "unlabeled" if len(dirs) == 1 else "+".join(os.path.basename(os.path.normpath(d)) for d in dirs)
+
+
 def pretraining_audio_name(args: argparse.Namespace) -> str:
-    """The pre-training audio as folders name it: ``--pretrain-audio``, with ``training-folds`` spelt out as the
-    subset and folds it adds (``unlabeled+esc50-folds45``), since --folds changes it."""
-    if args.pretrain_audio != "unlabeled+training-folds":
-        return args.pretrain_audio
-    return f"unlabeled+{args.subset}-folds{''.join(map(str, training_folds(args.folds)))}"
+    """The pre-training audio as folders name it: ``--pretrain-audio``, with ``unlabeled`` spelt out as the folders
+    of several ``--unlabeled-dir`` and ``training-folds`` as the subset and folds it adds (``unlabeled+esc50-folds45``),
+    since --folds changes it."""
+    name = args.pretrain_audio
+    if name == "unlabeled+training-folds":
+        name = f"unlabeled+{args.subset}-folds{''.join(map(str, training_folds(args.folds)))}"
+    return args.unlabeled_name + name[len("unlabeled"):]
 
 
 def added_pretraining_clips(args: argparse.Namespace) -> List[str]:
@@ -112,16 +120,22 @@ def added_pretraining_clips(args: argparse.Namespace) -> List[str]:
 
 
 def pretraining_audio_dir(args: argparse.Namespace) -> str:
-    """The folder ``logmel-manifest`` reads for pre-training: ``--unlabeled-dir``, or a folder of links to it and to
-    the ESC-50 clips that ``--pretrain-audio`` adds (``esc50_other/`` or, e.g., ``esc50_folds45/``)."""
-    if args.pretrain_audio == "unlabeled":
-        return args.unlabeled_dir
+    """The folder ``logmel-manifest`` reads for pre-training: ``--unlabeled-dir``, or a folder of links to the
+    ``--unlabeled-dir`` folders and to the ESC-50 clips that ``--pretrain-audio`` adds (``esc50_other/`` or, e.g.,
+    ``esc50_folds45/``)."""
+    if args.pretrain_audio == "unlabeled" and len(args.unlabeled_dir) == 1:
+        return args.unlabeled_dir[0]
     name = pretraining_audio_name(args)
     folder = os.path.join(args.work_dir, "pretraining_audio", name)
-    added = os.path.join(folder, name.split("+")[1].replace("-", "_"))
+    os.makedirs(folder, exist_ok=True)
+    for index, unlabeled in enumerate(args.unlabeled_dir):
+        link = os.path.join(folder, "unlabeled" if len(args.unlabeled_dir) == 1 else f"unlabeled{index}_{os.path.basename(unlabeled)}")
+        if not os.path.lexists(link):
+            os.symlink(unlabeled, link)
+    if args.pretrain_audio == "unlabeled":
+        return folder
+    added = os.path.join(folder, name.split("+")[-1].replace("-", "_"))
     os.makedirs(added, exist_ok=True)
-    if not os.path.lexists(os.path.join(folder, "unlabeled")):
-        os.symlink(args.unlabeled_dir, os.path.join(folder, "unlabeled"))
     for filename in added_pretraining_clips(args):
         if not os.path.lexists(os.path.join(added, filename)):
             os.symlink(os.path.join(args.esc50_dir, "audio", filename), os.path.join(added, filename))
@@ -225,7 +239,7 @@ def pretraining_setting(args: argparse.Namespace) -> str:
     """
     budget = [f"{args.pretrain_updates}" if args.pretrain_updates else "", f"{args.pretrain_minutes:g}min" if args.pretrain_minutes else ""]
     setting = "pt" + ("-".join(part for part in budget if part) or "config")
-    setting += "" if args.pretrain_audio == "unlabeled" else f"_{pretraining_audio_name(args).replace('+', '_')}"
+    setting += "" if pretraining_audio_name(args) == "unlabeled" else f"_{pretraining_audio_name(args).replace('+', '_')}"
     setting += "" if args.pretrain_fraction == 1 else f"_frac{args.pretrain_fraction:g}"
     setting += "" if args.precision == "fp32" else f"_{args.precision}"
     return setting + "".join("_" + slug(override) for override in args.pretrain_override)
@@ -341,7 +355,10 @@ def share(text: str) -> float:
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--esc50-dir", required=True, help="ESC-50 folder with meta/esc50.csv and audio/")
-    parser.add_argument("--unlabeled-dir", required=True, help="folder of unlabelled audio for pre-training (searched recursively)")
+    parser.add_argument(
+        "--unlabeled-dir", required=True, nargs="+",
+        help="folder(s) of unlabelled audio for pre-training (searched recursively); several are pre-trained on together",
+    )
     parser.add_argument("--work-dir", required=True, help="folder for manifests, checkpoints and logs (not committed)")
     parser.add_argument("--subset", choices=("esc10", "esc50"), default="esc10", help="ESC-10 (400 clips, 10 classes) or all of ESC-50")
     parser.add_argument("--folds", type=int, nargs="+", default=[1], choices=range(1, 6), help="held-out folds to run (1-5)")
@@ -408,7 +425,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("--pretrain-audio unlabeled+training-folds adds the folds outside --folds, and --folds names all five")
     args.finetune_seeds = args.finetune_seeds or [args.seed]
     args.work_dir = os.path.abspath(args.work_dir)
-    args.esc50_dir, args.unlabeled_dir = os.path.abspath(args.esc50_dir), os.path.abspath(args.unlabeled_dir)
+    args.esc50_dir, args.unlabeled_dir = os.path.abspath(args.esc50_dir), [os.path.abspath(d) for d in args.unlabeled_dir]
+    # A setting of the results (unlike the folders' paths): other audio gives other numbers.
+    args.unlabeled_name = unlabeled_name(args.unlabeled_dir)
     return args
 
 

@@ -148,6 +148,26 @@ def test_esc_benchmark_pretraining_audio_leaves_every_esc10_clip_out(tmp_path):
         parse_args(common + ["--pretrain-audio", "unlabeled+esc50-other", "--subset", "esc50"])
 
 
+def test_esc_benchmark_pretrains_on_several_unlabelled_folders_and_names_them(tmp_path):
+    from benchmarks.esc50_pretrain_vs_scratch import finetune_dir, parse_args, pretraining_audio_dir, same_results_setting
+    from fairseq_logmel_conformer.cli.make_manifest import main as make_manifest
+
+    for name, count in (("unlabeled", 3), ("unlabeled_sfx", 2)):
+        write_corpus(str(tmp_path / name), num_clips=count, seconds=1.0)
+    common = ["--esc50-dir", str(tmp_path / "esc50"), "--work-dir", str(tmp_path / "work")]
+    one = parse_args(common + ["--unlabeled-dir", str(tmp_path / "unlabeled")])
+    both = parse_args(common + ["--unlabeled-dir", str(tmp_path / "unlabeled"), str(tmp_path / "unlabeled_sfx")])
+    audio = pretraining_audio_dir(both)
+    assert os.path.basename(audio) == "unlabeled+unlabeled_sfx"
+    assert make_manifest([audio, "--dest", str(tmp_path / "manifest"), "--valid-percent", "0", "--jobs", "1"]) == 0
+    with open(tmp_path / "manifest" / "train.tsv") as f:
+        assert len(f.read().splitlines()) == 1 + 3 + 2
+    # Other audio: another pre-training, other pre-trained runs, the same scratch runs, never the same results file.
+    assert finetune_dir(one, 1, 1, "pretrained") != finetune_dir(both, 1, 1, "pretrained")
+    assert finetune_dir(one, 1, 1, "scratch") == finetune_dir(both, 1, 1, "scratch")
+    assert not same_results_setting(vars(one), vars(both))
+
+
 @pytest.mark.parametrize("subset, folds, added_folds", [("esc50", ["1", "2", "3"], (4, 5)), ("esc10", ["2"], (1, 3, 4, 5))])
 def test_esc_benchmark_training_fold_audio_leaves_every_evaluated_fold_out(tmp_path, subset, folds, added_folds):
     from benchmarks.esc50_pretrain_vs_scratch import parse_args, pretraining_audio_dir
