@@ -12,7 +12,6 @@ import os
 import subprocess
 
 import numpy as np
-import pytest
 import soundfile as sf
 import torch
 from fairseq.nan_detector import NanDetector
