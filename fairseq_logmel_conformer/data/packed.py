@@ -188,7 +188,10 @@ class PackedSplit:
         """Shard ``number``'s samples, memory-mapped (int16, read-only)."""
         mapped = self._shards[number]
         if mapped is None:
-            mapped = self._shards[number] = np.load(self.shard_files[number], mmap_mode="r")
+            # Copy-on-write ("c"): writable, so torch.from_numpy takes its slices without a warning; nothing writes
+            # to them, and a write would stay in this process. A plain ndarray view: slicing a np.memmap costs
+            # microseconds of subclass bookkeeping.
+            mapped = self._shards[number] = np.load(self.shard_files[number], mmap_mode="c").view(np.ndarray)
         return mapped
 
     def clip_path(self, clip: int) -> str:
@@ -197,16 +200,6 @@ class PackedSplit:
     def clip_location(self, clip: int) -> str:
         """``source_manifest:LINE`` of clip ``clip`` (the manifest it was packed from)."""
         return f"{self.source_manifest}:{int(self.index['entry'][clip]) + 2}"
-
-    def clip_samples(self, clip: int, start: int = 0, count: Optional[int] = None) -> np.ndarray:
-        """Samples ``[start, start + count)`` of clip ``clip`` as float32 (the whole clip by default)."""
-        record = self.index[clip]
-        length = int(record["length"])
-        count = length - start if count is None else count
-        if not 0 <= start <= start + count <= length:
-            raise ValueError(f"samples [{start}, {start + count}) are outside clip {clip}'s {length}")
-        begin = int(record["offset"]) + start
-        return np.multiply(self.shard(int(record["shard"]))[begin : begin + count], record["scale"], dtype=np.float32)
 
     def describe_clip(self, clip: int) -> str:
         record = self.index[clip]
