@@ -100,10 +100,51 @@ def median(values: List[float]) -> Optional[float]:
     return statistics.median(values) if values else None
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and of its children that have been waited for (loader workers, once shut down)."""
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+def cpu_seconds(who: Optional[int] = None) -> float:
+    """CPU time of this process (RUSAGE_SELF), of its children that have been waited for (loader workers, once shut
+    down: RUSAGE_CHILDREN), or of both (None)."""
+    if who is not None:
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+    return cpu_seconds(resource.RUSAGE_SELF) + cpu_seconds(resource.RUSAGE_CHILDREN)
+
+
+def children_cpu_seconds() -> Dict[int, float]:
+    """CPU seconds of each live child process (loader workers), from /proc: their time counts before they exit."""
+    pids = set()
+    for thread in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{thread}/children") as f:
+                pids.update(int(pid) for pid in f.read().split())
+        except OSError:
+            continue
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def batch_memory_cost(samples: int, repeats: int = 30) -> Dict:
+    """CPU ms to allocate and fill one float32 batch of ``samples`` in private memory and in shared memory (what a
+    loader worker hands over): the shared pages are new each batch, and the kernel allocates and zeroes each one."""
+    from fairseq_logmel_conformer.data.packed_dataset import new_batch
+
+    out = {"batch_mb": samples * 4 / 1e6}
+    for name, allocate in (
+        ("private_ms", lambda: new_batch(1, samples)),
+        ("shared_ms", lambda: torch.empty(0).set_(torch.UntypedStorage._new_shared(samples * 4), 0, (1, samples), (samples, 1))),
+    ):
+        start = time.process_time()
+        for _ in range(repeats):
+            allocate().fill_(1.0)
+        out[name] = (time.process_time() - start) / repeats * 1e3
+    return out
 
 
 # ----------------------------------------------------------------------------- loader
@@ -112,7 +153,8 @@ def cpu_seconds() -> float:
 def loader_epoch(task, cfg, num_workers: int, epoch: int) -> Dict:
     """One epoch through fairseq's batch iterator: audio seconds delivered, total and after the first batch."""
     dataset = task.dataset("train")
-    cpu_start = cpu_seconds()
+    main_cpu_start = cpu_seconds(resource.RUSAGE_SELF)
+    workers_cpu_start = children_cpu_seconds()
     start = time.perf_counter()
     iterator = task.get_batch_iterator(
         dataset=dataset,
@@ -135,16 +177,19 @@ def loader_epoch(task, cfg, num_workers: int, epoch: int) -> Dict:
         if first_batch_s is None:
             first_batch_s, first_audio = time.perf_counter() - start, audio
     total_s = time.perf_counter() - start
+    main_cpu_s = cpu_seconds(resource.RUSAGE_SELF) - main_cpu_start
+    workers_cpu_s = sum(cpu - workers_cpu_start.get(pid, 0.0) for pid, cpu in children_cpu_seconds().items())
     # Free this epoch's loader now: a forked worker of the next one would otherwise inherit it and try to shut it down.
-    # It also joins the workers, whose CPU time then counts.
     del iterator
     gc.collect()
-    cpu_s = cpu_seconds() - cpu_start
+    cpu_s = main_cpu_s + workers_cpu_s
     return {
         "audio_s": audio,
         "batches": batches,
         "seconds": total_s,
         "cpu_s": cpu_s,
+        "main_process_cpu_s": main_cpu_s,
+        "workers_cpu_s": workers_cpu_s,
         "first_batch_s": first_batch_s,
         "audio_s_per_s": audio / total_s,
         "steady_audio_s_per_s": (audio - first_audio) / (total_s - first_batch_s) if batches > 1 else None,
@@ -594,6 +639,7 @@ def main(argv=None) -> None:
         if "loader" in sections:
             results["loader"] = bench_loaders(args, scratch)
             results["packed_over_decoding"] = packed_against_decoding(results["loader"])
+            results["batch_memory"] = batch_memory_cost(load_config(args.model).dataset.max_tokens)
         if "storage" in sections:
             results["storage"] = bench_storage(args, scratch)
         if "manifest" in sections:
@@ -609,6 +655,9 @@ def main(argv=None) -> None:
         with open(train_path) as f:
             results["against_training"] = compare_with_training(results, json.load(f), args.device)
         results["against_training"]["train_results"] = os.path.relpath(train_path)
+    if "batch_memory" in results:
+        entry = results["batch_memory"]
+        print(f"one {entry['batch_mb']:.1f} MB batch: {entry['private_ms']:.2f} ms in private memory, {entry['shared_ms']:.2f} ms in shared memory")
     for name, entry in results.get("loader", {}).items():
         rates = ", ".join(
             f"{k}: {v['audio_s_per_s']:.0f} ({v['audio_s_per_cpu_s']:.0f} per CPU s)" for k, v in entry.items() if k.startswith("workers_")
@@ -632,8 +681,8 @@ def main(argv=None) -> None:
     settings["threads_used"] = torch.get_num_threads()
     notes = [
         "Loader rates count valid (unpadded) samples; the first batch includes worker start-up, steady_* leaves it out.",
-        "audio_s_per_cpu_s: audio seconds per CPU second of the loader's processes (the main process, its threads, and "
-        "the workers, joined at the end of each epoch): the rate per core whatever else runs on the machine.",
+        "audio_s_per_cpu_s: audio seconds per CPU second of the loader's processes (the main process with its threads, "
+        "and the workers, read from /proc at the end of the epoch): the rate per core whatever else runs on the machine.",
     ]
     git = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(__file__)))
     settings["git_commit"] = git.stdout.strip() or None
