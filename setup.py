@@ -32,6 +32,7 @@ setup(
     entry_points={
         "console_scripts": [
             "logmel-manifest=fairseq_logmel_conformer.cli.make_manifest:main",
+            "logmel-pack=fairseq_logmel_conformer.cli.pack:main",
             "logmel-evaluate=fairseq_logmel_conformer.cli.evaluate:main",
             "logmel-prepare=fairseq_logmel_conformer.prepare.cli:main",
             "logmel-embed=fairseq_logmel_conformer.cli.embed:main",

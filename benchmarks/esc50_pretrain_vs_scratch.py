@@ -175,7 +175,7 @@ def subset_manifest(source: str, fraction: float, dest: str) -> str:
 
 def manifest_hours(manifest_dir: str, sample_rate: int = 16000) -> float:
     """Hours of audio in ``manifest_dir/train.tsv``, whose lengths ``logmel-manifest`` counts at 16 kHz."""
-    return sum(read_manifest(os.path.join(manifest_dir, "train.tsv")).sizes) / sample_rate / 3600
+    return float(read_manifest(os.path.join(manifest_dir, "train.tsv")).sizes.sum()) / sample_rate / 3600
 
 
 def device_overrides(args: argparse.Namespace) -> List[str]:

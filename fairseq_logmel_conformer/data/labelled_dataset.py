@@ -5,12 +5,12 @@ import numpy as np
 import torch
 from fairseq.data import FairseqDataset
 
-from .manifest_dataset import ManifestAudioDataset
+from .manifest_dataset import AudioClipDataset
 from .sampling import class_balanced_indices, label_fraction_subset
 
 
 class LabelledAudioDataset(FairseqDataset):
-    """Wraps a :class:`ManifestAudioDataset`; batches gain ``target`` (B, C) multi-hot float.
+    """Wraps an :class:`AudioClipDataset` (plain or packed); batches gain ``target`` (B, C) multi-hot float.
 
     Args:
         audio: the clips; ``audio.line_indices`` aligns them with ``labels``.
@@ -23,7 +23,7 @@ class LabelledAudioDataset(FairseqDataset):
 
     def __init__(
         self,
-        audio: ManifestAudioDataset,
+        audio: AudioClipDataset,
         labels: List[List[int]],
         num_classes: int,
         fraction: float = 1.0,
@@ -50,6 +50,10 @@ class LabelledAudioDataset(FairseqDataset):
     def __getitem__(self, index: int) -> Dict:
         # The item keeps the audio dataset's id until collation: its collater looks up (bucketed) sizes by that id.
         return self.audio[int(self.positions[index])]
+
+    def __getitems__(self, indices: List[int]) -> List[Dict]:
+        # A whole batch at once, as torch's loader asks for it: a packed corpus reads it in one pass.
+        return self.audio.__getitems__([int(self.positions[i]) for i in indices])
 
     def target(self, index: int) -> torch.Tensor:
         target = torch.zeros(self.num_classes)

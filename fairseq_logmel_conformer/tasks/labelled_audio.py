@@ -14,7 +14,6 @@ from omegaconf import II, open_dict
 
 from ..data.labelled_dataset import LabelledAudioDataset
 from ..data.labels import LabelVocabulary, read_label_file
-from ..data.manifest_dataset import ManifestAudioDataset
 from ..metrics import compute_metrics
 from ..models.logmel_conformer_classifier import resolve_encoder
 from .logmel_pretraining import LogmelPretrainingConfig, LogmelPretrainingTask
@@ -88,7 +87,7 @@ meters.ClipScoreMeter = ClipScoreMeter
 
 
 class LabelledAudioTask(LogmelPretrainingTask):
-    """Fine-tuning on ``<split>.tsv`` manifests with ``<split>.labels`` label files and a ``labels.txt`` vocabulary.
+    """Fine-tuning on ``<split>.tsv`` manifests (or a packed corpus) with ``<split>.labels`` label files and a ``labels.txt`` vocabulary.
 
     The criterion hands per-clip scores to :meth:`valid_step` (keys ``_scores``
     and ``_targets`` of the logging output); they are collected in a
@@ -112,19 +111,10 @@ class LabelledAudioTask(LogmelPretrainingTask):
 
     def load_dataset(self, split: str, task_cfg: Optional[FairseqDataclass] = None, **kwargs):
         is_train = split == self.cfg.train_subset
-        audio = ManifestAudioDataset(
-            self.manifest_path(split),
-            sample_rate=self.cfg.sample_rate,
-            max_sample_size=self.cfg.max_sample_size,
-            min_sample_size=self.cfg.min_sample_size,
-            shuffle=is_train,
-            seed=self.cfg.seed,
-            num_buckets=self.cfg.num_batch_buckets,
-            # Validation metrics must cover the whole split: only training may skip clips.
-            skip_unreadable=self.cfg.skip_unreadable_clips and is_train,
-        )
+        # Validation metrics must cover the whole split: only training may skip clips.
+        audio = self.audio_dataset(split, shuffle=is_train, skip_unreadable=self.cfg.skip_unreadable_clips and is_train)
         labels = read_label_file(
-            os.path.join(self.cfg.data, f"{split}.labels"), self.vocabulary, len(audio.manifest.files), not self.multilabel
+            os.path.join(self.cfg.data, f"{split}.labels"), self.vocabulary, audio.num_entries, not self.multilabel
         )
         self.datasets[split] = LabelledAudioDataset(
             audio,
