@@ -2,7 +2,10 @@
 
 * SIGKILL after a mid-epoch checkpoint, then the same command again: the run
   resumes from checkpoint_last.pt and logs exactly the losses (and learning
-  rates, accuracies, gradient norms) of an uninterrupted run from there on.
+  rates, accuracies, gradient norms) of an uninterrupted run from there on;
+  eager, and with the training step compiled (``model.compile``, with the
+  ``aot_eager`` backend: the same graphs as inductor's, without its minute of
+  code generation on this CPU).
 * Checkpoints cut short (a full disk during a save): the check of
   ``fairseq_logmel_conformer.checkpoint`` names the damaged file, and the
   launch script falls back to the previous intact checkpoint and resumes.
@@ -34,12 +37,16 @@ def corpus(tmp_path_factory):
     return write_labelled_corpus(str(tmp_path_factory.mktemp("resume_corpus")), num_train=64, num_valid=4, seconds=(1.0, 1.0), seed=5)
 
 
-def command(corpus: str, workdir: str, max_update: int):
+# One block with a short kernel keeps the compiled variant's tracing short; the eager run keeps pretrain_tiny.
+COMPILED = ["model.compile=true", "model.compile_mode=aot_eager", "model.encoder_layers=1", "model.first_kernel_size=3"]
+
+
+def command(corpus: str, workdir: str, max_update: int, extra=()):
     return [
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "pretrain_tiny", "common.cpu=true", "common.log_format=json",
         f"checkpoint.save_dir={workdir}/checkpoints", f"hydra.run.dir={workdir}/run", f"task.data={corpus}",
         f"optimization.max_update={max_update}",
-    ] + TRAINING
+    ] + TRAINING + list(extra)
 
 
 def logged_updates(log: str):
@@ -58,10 +65,16 @@ def checkpoint_position(path: str):
     return state["optimizer_history"][-1]["num_updates"], iterator["epoch"], iterator["iterations_in_epoch"]
 
 
-def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_losses(corpus, tmp_path):
+@pytest.mark.parametrize("extra", [[], COMPILED], ids=["eager", "compiled"])
+def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_losses(corpus, tmp_path, extra):
     full = str(tmp_path / "full")
     os.makedirs(full)
-    uninterrupted = logged_updates(hydra_train("pretrain_tiny", full, f"task.data={corpus}", "optimization.max_update=14", *TRAINING).stdout)
+    run = hydra_train("pretrain_tiny", full, f"task.data={corpus}", "optimization.max_update=14", *TRAINING, *extra)
+    uninterrupted = logged_updates(run.stdout)
+    if extra:
+        # Equal clips, unpadded: one graph for the model's pass, one for the loss, for the whole run.
+        output = run.stdout + run.stderr
+        assert output.count("compiled LogmelConformerModel.masked_pass for") == output.count("compiled contrastive_loss for") == 1, output[-3000:]
     assert sorted(uninterrupted) == list(range(1, 15))
 
     killed = str(tmp_path / "killed")
@@ -69,7 +82,7 @@ def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_los
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     log_path = os.path.join(killed, "first.log")
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command(corpus, killed, 14), cwd=killed, stdout=log, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(command(corpus, killed, 14, extra), cwd=killed, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 300
         # fairseq logs "Saved checkpoint" once checkpoint_last.pt is complete.
         while "Saved checkpoint" not in open(log_path).read() and process.poll() is None and time.monotonic() < deadline:
@@ -83,7 +96,7 @@ def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_los
     resumed_at, epoch, iterations_in_epoch = checkpoint_position(os.path.join(killed, "checkpoints", "checkpoint_last.pt"))
     assert 4 <= resumed_at < 14 and iterations_in_epoch > 0, "checkpoint_last.pt is not a mid-epoch checkpoint"
 
-    result = subprocess.run(command(corpus, killed, 14), cwd=killed, capture_output=True, text=True, env=env, timeout=600)
+    result = subprocess.run(command(corpus, killed, 14, extra), cwd=killed, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert f"(epoch {epoch} @ {resumed_at} updates)" in result.stdout, "did not resume from checkpoint_last.pt"
     resumed = logged_updates(result.stdout)
