@@ -41,6 +41,8 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 # Graphs one compiled function may hold before dynamo runs new shapes eagerly (its own default is 8): enough
 # for 16 batch lengths, with and without a padding mask, and the single-clip batches of each.
 RECOMPILE_LIMIT = 64
+# Whether compiled functions take the batch dimension as dynamic (benchmarks compare it with a static one).
+DYNAMIC_BATCH = True
 
 
 def under_nan_detector(module: torch.nn.Module) -> bool:
@@ -112,7 +114,7 @@ class StepCompiler:
         def call(*args, **kwargs):
             tensors = [value for value in list(args) + list(kwargs.values()) if isinstance(value, torch.Tensor)]
             for tensor in tensors:
-                if tensor.dim() > 0:
+                if DYNAMIC_BATCH and tensor.dim() > 0:
                     torch._dynamo.maybe_mark_dynamic(tensor, 0)
             before = stats["unique_graphs"]
             result = compiled(*args, **kwargs)
