@@ -65,6 +65,8 @@ class ModelSpec:
 
     config_name: str
     config_dir: str
+    # Overrides the configuration always needs (a fine-tuning run from scratch names its encoder).
+    overrides: Sequence[str] = ()
 
 
 # Our configs are found through the plugin's Hydra search path, as with fairseq-hydra-train.
@@ -72,6 +74,8 @@ MODELS: Dict[str, ModelSpec] = {
     "tiny": ModelSpec("pretrain_tiny", FAIRSEQ_CONFIG_DIR),
     "cfS": ModelSpec("pretrain_cfS", FAIRSEQ_CONFIG_DIR),
     "cfL": ModelSpec("pretrain_cfL", FAIRSEQ_CONFIG_DIR),
+    # Fine-tuning (finetune_esc50's recipe: consistency loss, two passes) of a cf_S encoder from scratch.
+    "cfS_ft": ModelSpec("finetune_esc50", FAIRSEQ_CONFIG_DIR, ("model.pretrained_path=null", "+encoder=cfS")),
     "w2v2_base": ModelSpec("wav2vec2_base_librispeech", WAV2VEC_CONFIG_DIR),
     "w2v2_conformer": ModelSpec("wav2vec2_conformer_base_librispeech", WAV2VEC_CONFIG_DIR),
 }
@@ -148,7 +152,8 @@ def machine_description(device: str) -> Dict:
 
 
 def git_commit() -> Optional[str]:
-    """The repository's commit, with ``+changes`` if tracked files differ from it; None outside a git checkout."""
+    """The repository's commit, with ``+changes`` if tracked files differ from it; outside a git checkout (a copy of
+    the working tree on another machine) ``$LOGMEL_GIT_COMMIT``, or None."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=REPOSITORY, capture_output=True, text=True, check=True).stdout.strip()
 
@@ -156,7 +161,7 @@ def git_commit() -> Optional[str]:
         changed = git("status", "--porcelain", "--untracked-files=no")
         return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("LOGMEL_GIT_COMMIT")
 
 
 def provenance(benchmark: str, device: str, argv: Optional[Sequence[str]] = None) -> Dict:
@@ -251,6 +256,11 @@ def write_corpus(folder: str, num_clips: int, seconds: float, source_rate: int =
     clips = write_dataset(folder, num_clips, sample_rate=source_rate, seconds=(seconds, seconds), extension=extension)
     entries = [(c["path"], int(np.ceil(c["num_samples"] * SAMPLE_RATE / source_rate))) for c in clips]
     write_manifest(os.path.join(folder, "train.tsv"), os.path.abspath(folder), entries)
+    # Labels, for the fine-tuning configuration (pre-training reads only the manifest).
+    with open(os.path.join(folder, "train.labels"), "w") as labels:
+        labels.writelines(clip["label"] + "\n" for clip in clips)
+    with open(os.path.join(folder, "labels.txt"), "w") as vocabulary:
+        vocabulary.writelines(name + "\n" for name in sorted({clip["label"] for clip in clips}))
     return folder
 
 
@@ -274,7 +284,7 @@ def load_config(model: str, overrides: Sequence[str] = ()) -> DictConfig:
     # fairseq-hydra-train runs Hydra with 1.1 semantics, which the wav2vec YAMLs' '@package _group_' headers need.
     with warnings.catch_warnings(), initialize_config_dir(config_dir=spec.config_dir, version_base="1.1"):
         warnings.simplefilter("ignore", UserWarning)
-        cfg = compose(config_name=spec.config_name, overrides=list(overrides))
+        cfg = compose(config_name=spec.config_name, overrides=list(spec.overrides) + list(overrides))
     GlobalHydra.instance().clear()
     add_defaults(cfg)
     with omegaconf_no_object_check():
@@ -353,6 +363,29 @@ class BareTrainStep:
         return loss.detach()
 
 
+def apply_bench_overrides(overrides: Sequence[str]) -> List[str]:
+    """Carry out the benchmark's own settings, switches of this worker process, and return the other overrides (Hydra's):
+
+    - ``bench.depthwise=shifted_sums|conv``: how compiled graphs compute the depthwise convolution;
+    - ``bench.dynamic_batch=true|false``: whether compiled graphs take the batch size as dynamic (false: one graph
+      per batch size).
+    """
+    from fairseq_logmel_conformer.modules import compile as compile_module, conformer
+
+    rest = []
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key == "bench.depthwise" and value in ("shifted_sums", "conv"):
+            conformer.COMPILED_DEPTHWISE = value
+        elif key == "bench.dynamic_batch" and value in ("true", "false"):
+            compile_module.DYNAMIC_BATCH = value == "true"
+        elif key.startswith("bench."):
+            raise ValueError(f"unknown benchmark setting {override!r}: bench.depthwise=shifted_sums|conv, bench.dynamic_batch=true|false")
+        else:
+            rest.append(override)
+    return rest
+
+
 class TrainingRunner:
     """One model configuration ready to take training steps on one fixed batch.
 
@@ -371,8 +404,10 @@ class TrainingRunner:
         if path not in ("trainer", "bare"):
             raise ValueError(f"path must be 'trainer' or 'bare', got {path!r}")
         self.model_name, self.path, self.device, self.precision = model, path, device, precision
+        overrides = apply_bench_overrides(overrides)
         checkpoints = os.path.join(data, "checkpoints")
         self.cfg = load_config(model, training_overrides(data, device, precision, clip_samples, checkpoints) + list(overrides))
+        self.warmup_step_times_s: List[float] = []
         # The same seeding as fairseq_cli.train, so that both paths start from the same weights.
         np.random.seed(self.cfg.common.seed)
         utils.set_torch_seed(self.cfg.common.seed)
@@ -413,22 +448,24 @@ class TrainingRunner:
             self.bare(self.sample)
 
     def time_steps(self, warmup: int, steps: int) -> List[float]:
-        """``warmup`` untimed steps, then the seconds of each of ``steps`` steps."""
-        for _ in range(warmup):
-            self.step()
+        """``warmup`` untimed steps, then the seconds of each of ``steps`` steps. The warm-up steps' seconds are kept
+        (``warmup_step_times_s``): the first of a compiled configuration includes its compilation."""
+        self.warmup_step_times_s.extend(time_call(self.step, self.device) for _ in range(warmup))
         return [time_call(self.step, self.device) for _ in range(steps)]
 
     def attention_shape(self) -> Dict[str, int]:
         """Sequence length, width and depth of the attention stack for this batch (for the FLOP estimate)."""
+        from fairseq_logmel_conformer.models import LogmelConformerClassifier, LogmelConformerModel, encoder_of
+
         model = self.trainer.get_model() if self.path == "trainer" else self.model
         samples = self.sample["net_input"]["source"].shape[1]
-        if hasattr(model, "geometry"):
-            steps = model.geometry.num_steps(samples)
-            return {"steps": int(steps), "dim": self.cfg.model.encoder_dim, "layers": self.cfg.model.encoder_layers}
+        if isinstance(model, (LogmelConformerModel, LogmelConformerClassifier)):
+            encoder = encoder_of(model)
+            return {"steps": encoder.geometry.num_steps(samples), "dim": encoder.cfg.encoder_dim, "layers": encoder.cfg.encoder_layers}
         steps = int(model._get_feat_extract_output_lengths(torch.tensor(samples)))
         return {"steps": steps, "dim": self.cfg.model.encoder_embed_dim, "layers": self.cfg.model.encoder_layers}
 
-    def diagnostics(self, profile: bool = True) -> Dict:
+    def diagnostics(self, profile: bool = True, profile_top: int = 15) -> Dict:
         """FLOPs of one step; with ``profile``, also the attention kernels it runs, the kernels its time goes to,
         the optimizer step alone, and (on CUDA) its host-device syncs."""
         shape = self.attention_shape()
@@ -436,12 +473,17 @@ class TrainingRunner:
         # QK^T and attention-times-V: 2 * T^2 * d multiply-adds each, forward; backward costs twice that.
         attention = 3 * 4 * batch * shape["steps"] ** 2 * shape["dim"] * shape["layers"]
         report = {"attention_shape": shape, "attention_flops_estimate": attention}
-        report.update(count_step_flops(self.step))
-        report["dispatched_ops_per_step"] = count_dispatched_ops(self.step)
+        report["warmup_step_times_s"] = list(self.warmup_step_times_s)
+        report["graphs_compiled"] = int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        # The counting modes run the step eagerly: under a dispatch mode dynamo would skip the compiled frames (and
+        # keep skipping them afterwards). FLOPs are the same; the dispatched operations are the eager step's.
+        with torch.compiler.set_stance("force_eager"):
+            report.update(count_step_flops(self.step))
+            report["dispatched_ops_per_step"] = count_dispatched_ops(self.step)
         report["attention_flop_share"] = attention / report["flops_per_step"] if report["flops_per_step"] else None
         if not profile:
             return report
-        report.update(profile_step(self.step, self.device))
+        report.update(profile_step(self.step, self.device, top=profile_top))
         optimizer = self.trainer.optimizer if self.path == "trainer" else self.bare.optimizer
         # The update alone, on the gradients the last step left: the config's optimizer (with fairseq's fp16/bf16
         # master-weight copies on the trainer path) against torch's AdamW.
@@ -513,7 +555,15 @@ def profile_step(step: Callable[[], None], device: str, top: int = 15) -> Dict:
     for event in prof.events():
         if ATTENTION_OP.search(event.name):
             attention[event.name] = attention.get(event.name, 0) + 1
-    return {"attention_ops": attention, "time_by_kernel": time_by_name(prof.events(), device, top)}
+    report = {"attention_ops": attention, "time_by_kernel": time_by_name(prof.events(), device, top)}
+    if device == "cuda":
+        # What the host launched: GPU kernels, copies and fills (the count that bounds a host-bound step).
+        from torch.autograd import DeviceType
+
+        report["device_operations_per_step"] = sum(
+            1 for event in prof.events() if event.device_type == DeviceType.CUDA and not event.is_user_annotation
+        )
+    return report
 
 
 def time_by_name(events, device: str, top: int) -> Dict:
@@ -644,9 +694,19 @@ class Worker:
         return self.info
 
     def call(self, command: str, **argument):
+        self.send(command, **argument)
+        return self.receive()
+
+    def send(self, command: str, **argument) -> None:
+        """Start ``command`` without waiting for it: workers sent one each run at the same time."""
         if self.error:
             raise WorkerError(self.error)
         self.connection.send((command, argument))
+
+    def receive(self):
+        """The result of the command :meth:`send` started."""
+        if self.error:
+            raise WorkerError(self.error)
         return self._receive()
 
     def stop(self) -> Dict:

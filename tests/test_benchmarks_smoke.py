@@ -399,3 +399,38 @@ def test_esc_benchmark_training_time_of_a_resumed_run_counts_every_process(tmp_p
     with open(log, "a") as f:
         f.write(epoch_end(130) + "[fairseq_cli.train][INFO] - done training in 30.4 seconds\n")
     assert training_seconds(str(tmp_path)) == 130.0
+
+
+def test_throughput_ratios_pair_compiled_configurations_with_eager_ones_and_trainers_with_their_bare_loops():
+    from benchmarks import bench_train_throughput
+
+    compiled, graphs = "model.compile=true", "model.compile=true:model.compile_mode=reduce-overhead"
+    names = [
+        "cfL_trainer:common.memory_efficient_bf16=true", f"cfL_trainer:common.memory_efficient_bf16=true:{compiled}",
+        f"cfL_trainer:common.memory_efficient_bf16=true:{graphs}", "cfL_bare", f"cfL_bare:{compiled}", "w2v2_base_trainer",
+        "w2v2_base_trainer:common.memory_efficient_bf16=true",
+    ]
+    configs = {name: {"audio_s_per_s": float(10 + index)} for index, name in enumerate(names)}
+    ratio = bench_train_throughput.ratios(configs)
+    assert ratio[f"{names[1]}_over_eager"] == 11 / 10 and ratio[f"{names[2]}_over_eager"] == 12 / 10
+    # The trainer's bare loop has the same model settings: fairseq's common.* aside.
+    assert ratio[f"{names[0]}_overhead"] == 13 / 10 - 1 and ratio[f"{names[1]}_overhead"] == 14 / 11 - 1
+    assert f"{names[2]}_overhead" not in ratio
+    # wav2vec 2.0 base as its own config stands, when it is there, for the reference.
+    assert ratio[f"{names[1]}_over_w2v2_base_trainer"] == 11 / 15
+    checks = bench_train_throughput.targets(ratio, configs, clips=8)
+    assert checks[f"{names[1]}_over_w2v2_base_trainer_at_least_3x"] == {"value": 11 / 15, "target": 3.0, "met": False}
+
+
+def test_bench_settings_switch_the_worker_and_leave_hydras_overrides():
+    from benchmarks.common import apply_bench_overrides
+    from fairseq_logmel_conformer.modules import compile as compile_module, conformer
+
+    try:
+        rest = apply_bench_overrides(["model.compile=true", "bench.depthwise=conv", "bench.dynamic_batch=false"])
+        assert rest == ["model.compile=true"]
+        assert conformer.COMPILED_DEPTHWISE == "conv" and compile_module.DYNAMIC_BATCH is False
+        with pytest.raises(ValueError, match="unknown benchmark setting"):
+            apply_bench_overrides(["bench.nothing=1"])
+    finally:
+        conformer.COMPILED_DEPTHWISE, compile_module.DYNAMIC_BATCH = "shifted_sums", True

@@ -263,3 +263,19 @@ def test_unpadded_batches_carry_no_padding_mask(labelled_audio):
     finally:
         audio.max_sample_size = 16000
     assert mixed["net_input"]["padding_mask"].any()
+
+
+def test_bucketed_batches_are_padded_to_one_of_the_bucket_lengths(labelled_corpus):
+    audio = ManifestAudioDataset(os.path.join(labelled_corpus, "train.tsv"), 16000, max_sample_size=40000, num_buckets=3)
+    assert 1 <= len(audio.buckets) <= 3 and audio.buckets[-1] == min(audio.sizes.max(), 40000)
+    lengths = set()
+    for batch_indices in audio.batch_by_size(audio.ordered_indices(), max_tokens=80000):
+        batch = audio.collater([audio[i] for i in batch_indices])
+        source, padding_mask = batch["net_input"]["source"], batch["net_input"]["padding_mask"]
+        lengths.add(source.shape[1])
+        valid = [min(int(audio.sizes[i]), 40000) for i in batch["id"].tolist()]
+        if padding_mask is None:
+            assert set(valid) == {source.shape[1]}
+        else:
+            assert (~padding_mask).sum(1).tolist() == valid
+    assert lengths <= set(audio.buckets.tolist())

@@ -17,7 +17,7 @@ import torch
 from fairseq.nan_detector import NanDetector
 
 from conftest import BIN_DIR, hydra_train
-from fairseq_logmel_conformer.criterions.batch_checks import _under_nan_detector, report_nonfinite_loss
+from fairseq_logmel_conformer.criterions.batch_checks import report_nonfinite_loss, under_nan_detector
 from fairseq_logmel_conformer.criterions.logmel_contrastive import LogmelContrastiveConfig, LogmelContrastiveCriterion
 from fairseq_logmel_conformer.data.synthetic import write_dataset
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel
@@ -125,13 +125,13 @@ def test_nonfinite_loss_is_reported_with_the_clips_of_the_batch(caplog):
 
 def test_the_accelerator_check_runs_only_under_fairseqs_nan_detector():
     model = tiny_model()
-    assert not _under_nan_detector(model)
+    assert not under_nan_detector(model)
     with NanDetector(model):
-        assert _under_nan_detector(model)
+        assert under_nan_detector(model)
         wrapped = torch.nn.Module()
         wrapped.module = model
-        assert _under_nan_detector(wrapped)
-    assert not _under_nan_detector(model)
+        assert under_nan_detector(wrapped)
+    assert not under_nan_detector(model)
     # Off the CPU and outside the NanDetector re-run, the loss is not read (no host-device sync).
     assert not report_nonfinite_loss(torch.full((), float("nan"), device="meta"), batch(silent_and_clipped()), model)
 

@@ -4,7 +4,9 @@
   resumes from checkpoint_last.pt and logs exactly the losses (and learning
   rates, accuracies, gradient norms) and validation metrics of an
   uninterrupted run from there on; for pre-training, and for fine-tuning
-  (classification and tagging, with and without the consistency loss).
+  (classification and tagging, with and without the consistency loss); and for
+  pre-training with the step compiled (``model.compile``, with the ``aot_eager``
+  backend: the same graphs as inductor's, without its code generation).
 * Checkpoints cut short (a full disk during a save): rerunning the same
   command (``fairseq-hydra-train`` or a launch script) names the damaged file
   and resumes from the previous intact checkpoint; with none left it stops
@@ -54,6 +56,10 @@ def command(config: str, workdir: str, *overrides: str):
         os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", config, "common.cpu=true", "common.log_format=json",
         f"checkpoint.save_dir={workdir}/checkpoints", f"hydra.run.dir={workdir}/run", *overrides,
     ]
+
+
+# One block with a short kernel keeps the compiled variant's tracing short; the eager run keeps pretrain_tiny.
+COMPILED = ["model.compile=true", "model.compile_mode=aot_eager", "model.encoder_layers=1", "model.first_kernel_size=3"]
 
 
 def logged_updates(log: str):
@@ -113,15 +119,21 @@ def kill_after_a_mid_epoch_checkpoint_and_rerun(arguments, workdir: str, max_upd
     return resumed_at, result.stdout
 
 
-def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_losses(corpus, tmp_path):
+@pytest.mark.parametrize("extra", [[], COMPILED], ids=["eager", "compiled"])
+def test_sigkill_after_mid_epoch_checkpoint_then_same_command_reproduces_the_losses(corpus, tmp_path, extra):
     full = str(tmp_path / "full")
     os.makedirs(full)
-    uninterrupted = logged_updates(hydra_train("pretrain_tiny", full, f"task.data={corpus}", "optimization.max_update=14", *TRAINING).stdout)
+    run = hydra_train("pretrain_tiny", full, f"task.data={corpus}", "optimization.max_update=14", *TRAINING, *extra)
+    uninterrupted = logged_updates(run.stdout)
+    if extra:
+        # Equal clips, unpadded: one graph for the model's pass, one for the loss, for the whole run.
+        output = run.stdout + run.stderr
+        assert output.count("compiled LogmelConformerModel.masked_pass for") == output.count("compiled contrastive_loss for") == 1, output[-3000:]
     assert sorted(uninterrupted) == list(range(1, 15))
 
     killed = str(tmp_path / "killed")
     os.makedirs(killed)
-    arguments = command("pretrain_tiny", killed, f"task.data={corpus}", "optimization.max_update=14", *TRAINING)
+    arguments = command("pretrain_tiny", killed, f"task.data={corpus}", "optimization.max_update=14", *TRAINING, *extra)
     resumed_at, log = kill_after_a_mid_epoch_checkpoint_and_rerun(arguments, killed, 14)
     assert resumed_at >= 4
     resumed = logged_updates(log)

@@ -8,7 +8,8 @@ from typing import Dict, List
 
 import torch
 from fairseq import metrics
-from fairseq.nan_detector import NanDetector
+
+from ..modules.compile import under_nan_detector
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +32,6 @@ def log_unreadable_count(logging_outputs: List[Dict]) -> None:
         metrics.log_scalar_sum(UNREADABLE_KEY, sum(log.get(UNREADABLE_KEY, 0) for log in logging_outputs), round=0)
 
 
-def _under_nan_detector(model: torch.nn.Module) -> bool:
-    # fairseq's NanDetector hooks every module of the unwrapped model; the criterion may get it wrapped (DDP).
-    modules = [model, getattr(model, "module", None)]
-    return any(
-        isinstance(getattr(hook, "__self__", None), NanDetector)
-        for module in modules
-        if module is not None
-        for hook in module._forward_hooks.values()
-    )
-
-
 def report_nonfinite_loss(loss: torch.Tensor, sample: Dict, model: torch.nn.Module) -> bool:
     """Log an error naming the clips of the batch if ``loss`` is NaN or Inf; return whether it was.
 
@@ -52,7 +42,7 @@ def report_nonfinite_loss(loss: torch.Tensor, sample: Dict, model: torch.nn.Modu
     reading costs nothing, every batch is checked. Clips whose waveform holds
     NaN/Inf or exceeds full scale are singled out.
     """
-    if loss.device.type != "cpu" and not _under_nan_detector(model):
+    if loss.device.type != "cpu" and not under_nan_detector(model):
         return False
     if bool(torch.isfinite(loss).all()):
         return False

@@ -54,6 +54,10 @@ class LogmelConsistencyCriterion(FairseqCriterion):
 
     def forward(self, model, sample: Dict, reduce: bool = True) -> Tuple[torch.Tensor, int, Dict]:
         target = sample["target"]
+        compiler = getattr(model, "step_compiler", None)
+        if compiler is not None and model.training:
+            # Under CUDA graphs: both passes below belong to one step (each replays the compiled encoder).
+            compiler.step_begins()
         output = model(**sample["net_input"])
         loss = supervised_loss(output, target, self.multilabel)
         consistency = torch.zeros_like(loss)

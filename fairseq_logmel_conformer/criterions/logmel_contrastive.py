@@ -9,6 +9,7 @@ from fairseq import metrics
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.dataclass import FairseqDataclass
 
+from ..modules.compile import StepCompiler
 from ..modules.masking import masked_steps_in_order, sample_cross_clip_distractors, sample_distractors
 from .batch_checks import add_unreadable_count, log_unreadable_count, report_nonfinite_loss
 
@@ -94,6 +95,32 @@ def contrastive_logits(
     return logits, scored
 
 
+def contrastive_loss(
+    context: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    num_distractors: int,
+    temperature: float,
+    cross_clip_distractors: int,
+    max_masked: Optional[int],
+    reduce: bool = True,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss of the scored masked steps (summed, or one per step without ``reduce``), their count, and how
+    many of them the positive wins (see :func:`contrastive_logits`). The criterion compiles it (when reducing)
+    with the model's ``compile``."""
+    logits, scored = contrastive_logits(context, targets, mask, num_distractors, temperature, cross_clip_distractors, max_masked)
+    target = logits.new_zeros(logits.shape[:2], dtype=torch.long)
+    losses = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").masked_fill(~scored, 0.0)
+    with torch.no_grad():
+        # A step counts as correct only if the positive is the unique maximum, so a collapsed
+        # model (all logits equal) scores 0, not 100%.
+        is_max = logits.argmax(-1) == 0
+        is_min = logits.argmin(-1) == 0
+        correct = (is_max & ~is_min & scored).sum()
+    # The count is a tensor, which fairseq's trainer accepts: counting the scored steps on the host would sync.
+    return (losses.sum() if reduce else losses[scored]), scored.sum(), correct
+
+
 @register_criterion("logmel_contrastive", dataclass=LogmelContrastiveConfig)
 class LogmelContrastiveCriterion(FairseqCriterion):
     def __init__(self, cfg: LogmelContrastiveConfig, task):
@@ -103,8 +130,13 @@ class LogmelContrastiveCriterion(FairseqCriterion):
         self.cross_clip_distractors = cfg.cross_clip_distractors
 
     def forward(self, model, sample: Dict, reduce: bool = True) -> Tuple[torch.Tensor, torch.Tensor, Dict]:
+        # The model's compile setting covers the loss too (a DDP wrapper hands the attribute through).
+        compiler = getattr(model, "step_compiler", None) or StepCompiler()
+        if model.training:
+            compiler.step_begins()
         net_output = model(**sample["net_input"])
-        logits, scored = contrastive_logits(
+        # Unreduced, the loss has a shape that depends on the mask: that stays eager.
+        loss, sample_size, correct = (compiler.wrap(contrastive_loss, model) if reduce else contrastive_loss)(
             net_output["context"],
             net_output["targets"],
             net_output["mask"],
@@ -112,25 +144,16 @@ class LogmelContrastiveCriterion(FairseqCriterion):
             self.temperature,
             self.cross_clip_distractors,
             net_output["max_masked_steps"],
+            reduce,
         )
-        target = logits.new_zeros(logits.shape[:2], dtype=torch.long)
-        losses = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").masked_fill(~scored, 0.0)
-        loss = losses.sum() if reduce else losses[scored]
-        # A tensor, which fairseq's trainer accepts: counting the scored steps on the host would sync.
-        sample_size = scored.sum()
-        with torch.no_grad():
-            # A step counts as correct only if the positive is the unique maximum, so a collapsed
-            # model (all logits equal) scores 0, not 100%.
-            is_max = logits.argmax(-1) == 0
-            is_min = logits.argmin(-1) == 0
-            correct = (is_max & ~is_min & scored).sum()
+        sample_size = compiler.keep(sample_size)
         # Tensors, not .item(): fairseq sums them lazily, so logging adds no host-device sync per step.
         logging_output = {
-            "loss": loss.detach(),
+            "loss": compiler.keep(loss.detach()),
             "sample_size": sample_size,
             "nsentences": sample["net_input"]["source"].shape[0],
             "ntokens": sample_size,
-            "correct": correct,
+            "correct": compiler.keep(correct),
             "masked_steps": net_output["mask"].sum(),
         }
         add_unreadable_count(logging_output, sample, self.task)

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 from fairseq.data.audio.raw_audio_dataset import RawAudioDataset
+from fairseq.data.data_utils import get_bucketed_sizes
 
 from .audio import SIZE_TOLERANCE, AudioReadError, num_samples_at_rate, read_audio, too_short
 from .manifest import read_manifest
@@ -147,6 +148,18 @@ class AudioClipDataset(RawAudioDataset):
         raise NotImplementedError
 
     # --- shared ------------------------------------------------------------------------------------
+
+    def set_bucket_info(self, num_buckets: int) -> None:
+        """fairseq's bucketing (``num_buckets > 0``: the collater pads each batch up to the bucket length of its
+        longest clip, the ``num_buckets``-quantiles of the cropped clip lengths), which calls numpy's percentile
+        with ``interpolation=``, an argument numpy 2 removed."""
+        self.num_buckets = num_buckets
+        if num_buckets > 0:
+            self._collated_sizes = np.minimum(np.asarray(self.sizes), self.max_sample_size)
+            quantiles = np.percentile(self._collated_sizes, np.linspace(0, 100, num_buckets + 1), method="lower")
+            self.buckets = np.unique(quantiles[1:])
+            self._bucketed_sizes = get_bucketed_sizes(self._collated_sizes, self.buckets)
+            logger.info(f"{len(self.buckets)} bucket(s) for the audio dataset: {self.buckets}")
 
     @property
     def epoch(self) -> int:

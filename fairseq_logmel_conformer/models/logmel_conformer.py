@@ -9,6 +9,9 @@ The encoder's surface, which fine-tuning, inference, export and HEAR use:
   ``encode_logmel`` (frames -> embeddings), between which fine-tuning inserts
   its augmentations;
 - ``forward``: the masked pre-training pass.
+
+With ``compile`` on, training compiles the pass after the frontend (:meth:`masked_pass`) with
+``torch.compile`` (see :mod:`~..modules.compile`); evaluation, inference and export stay eager.
 """
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -19,11 +22,28 @@ from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II
 
+from ..modules.compile import COMPILE_MODES, StepCompiler
 from ..modules.conformer import ConformerContextEncoder
 from ..modules.frontend import FEATURE_NORMS, LogmelFrontend, StackedFeatureEncoder, StepGeometry, lengths_to_padding_mask
 from ..modules.masking import compute_span_mask, max_masked_steps
 
 FEATURE_NORM_CHOICES = ChoiceEnum(list(FEATURE_NORMS))
+COMPILE_MODE_CHOICES = ChoiceEnum(list(COMPILE_MODES))
+COMPILE_SHAPES_HELP = (
+    "Graphs are compiled per padded batch length, the batch size dynamic: with clips of mixed lengths set "
+    "task.num_batch_buckets, or every distinct length compiles its own graph"
+)
+COMPILE_HELP = (
+    "compile the training step with torch.compile: feature encoder, span masking, conformer and contrastive loss, "
+    "forward and backward, their element-wise work fused; the frontend, evaluation and inference stay eager. "
+    + COMPILE_SHAPES_HELP
+)
+COMPILE_MODE_HELP = (
+    "how compile compiles: default (inductor), reduce-overhead (inductor and CUDA graphs, for small batches where "
+    "the host sets the pace; one recording per batch shape, so fixed batch sizes and lengths), "
+    "max-autotune-no-cudagraphs / max-autotune (inductor benchmarking its kernel choices while compiling, minutes), "
+    "aot_eager (the same graphs run by eager kernels: for checking graph breaks and recompiles, no speed-up)"
+)
 
 
 @dataclass
@@ -59,6 +79,8 @@ class LogmelConformerConfig(FairseqDataclass):
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the conformer blocks"})
     mask_prob: float = field(default=0.3, metadata={"help": "expected fraction of latent steps masked during pre-training"})
     mask_length: int = field(default=3, metadata={"help": "length of each masked span, in latent steps (80 ms each)"})
+    compile: bool = field(default=False, metadata={"help": COMPILE_HELP})
+    compile_mode: COMPILE_MODE_CHOICES = field(default="default", metadata={"help": COMPILE_MODE_HELP})
 
 
 @register_model("logmel_conformer", dataclass=LogmelConformerConfig)
@@ -77,6 +99,11 @@ class LogmelConformerModel(BaseFairseqModel):
         self.context_encoder = ConformerContextEncoder(
             cfg.latent_dim, cfg.encoder_dim, cfg.encoder_ffn_dim, cfg.encoder_heads, kernel_sizes, cfg.dropout
         )
+        # Plain numbers for the compiled pass: a traced read of fairseq's omegaconf config would run its Python.
+        self.mask_prob = float(cfg.mask_prob)
+        self.mask_length = int(cfg.mask_length)
+        # A fine-tuning model replaces this with one from its own config.
+        self.step_compiler = StepCompiler.from_config(cfg)
 
     @classmethod
     def build_model(cls, cfg: LogmelConformerConfig, task=None):
@@ -84,6 +111,7 @@ class LogmelConformerModel(BaseFairseqModel):
 
     # TorchScript compiles module properties; the geometry is host-side arithmetic for the callers.
     __jit_unused_properties__ = ["geometry", "embedding_dim"]
+    __jit_ignored_attributes__ = ["step_compiler"]
 
     @property
     def geometry(self) -> StepGeometry:
@@ -144,24 +172,34 @@ class LogmelConformerModel(BaseFairseqModel):
         when ``mask`` is False), ``max_masked_steps`` (int, a bound on any clip's
         masked steps, or None) and ``padding_mask`` (B, T') True at padding (or None).
         """
-        latents, step_padding = self.latents(*self.logmel(source, padding_mask))
-        batch, steps, _ = latents.shape
-        time_mask = None
-        mask_bound = None
-        inputs = latents
-        if mask:
-            lengths = torch.full((batch,), steps, device=latents.device) if step_padding is None else (~step_padding).sum(1)
-            time_mask = compute_span_mask(lengths, steps, self.cfg.mask_prob, self.cfg.mask_length)
-            mask_bound = max_masked_steps(steps, self.cfg.mask_prob, self.cfg.mask_length)
-            inputs = torch.where(time_mask[..., None], self.mask_embedding.to(latents.dtype), latents)
-        context = self.context_encoder(inputs, self.attention_padding(step_padding))
+        frames, frame_lengths = self.logmel(source, padding_mask)
+        context, latents, time_mask, step_padding = self.step_compiler.wrap(self.masked_pass, self)(frames, frame_lengths, mask)
+        steps = latents.shape[1]
         return {
             "context": context,
             "targets": latents,
             "mask": time_mask,
-            "max_masked_steps": mask_bound,
+            "max_masked_steps": max_masked_steps(steps, self.mask_prob, self.mask_length) if mask else None,
             "padding_mask": step_padding,
         }
+
+    @torch.jit.unused
+    def masked_pass(
+        self, frames: torch.Tensor, frame_lengths: Optional[torch.Tensor], mask: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Pre-training after the frontend: (B, T, n_mels) log-mel, (B,) frame counts -> context, targets (B, T',
+        latent_dim), mask (B, T') or None, step padding mask (B, T') or None (see :meth:`forward`). What
+        ``compile`` compiles."""
+        latents, step_padding = self.latents(frames, frame_lengths)
+        batch, steps, _ = latents.shape
+        time_mask = None
+        inputs = latents
+        if mask:
+            lengths = torch.full((batch,), steps, device=latents.device) if step_padding is None else (~step_padding).sum(1)
+            time_mask = compute_span_mask(lengths, steps, self.mask_prob, self.mask_length)
+            inputs = torch.where(time_mask[..., None], self.mask_embedding.to(latents.dtype), latents)
+        context = self.context_encoder(inputs, self.attention_padding(step_padding))
+        return context, latents, time_mask, step_padding
 
     def attention_padding(self, step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The (B, T') padding mask attention gets: None for an all-False one in inference, so that

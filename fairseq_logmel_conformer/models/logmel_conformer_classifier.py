@@ -11,7 +11,15 @@ from fairseq.models import BaseFairseqModel, register_model
 from omegaconf import II, DictConfig, OmegaConf, open_dict
 
 from ..modules.augment import mixup, temporal_jitter, time_mask
-from .logmel_conformer import LogmelConformerConfig, LogmelConformerModel, masked_mean
+from ..modules.compile import StepCompiler
+from .logmel_conformer import (
+    COMPILE_MODE_CHOICES,
+    COMPILE_MODE_HELP,
+    COMPILE_SHAPES_HELP,
+    LogmelConformerConfig,
+    LogmelConformerModel,
+    masked_mean,
+)
 
 POOLING_CHOICES = ChoiceEnum(["mean", "linear_softmax"])
 
@@ -37,6 +45,15 @@ class LogmelConformerClassifierConfig(FairseqDataclass):
     mixup_alpha: float = field(default=0.5, metadata={"help": "training: mix log-mels within the batch with weight max(a, 1-a), a ~ Beta(alpha, alpha); labels unchanged (0: off)"})
     class_names: List[str] = field(default_factory=list, metadata={"help": "class names in output order, set by the task from its label vocabulary"})
     multilabel: bool = field(default=False, metadata={"help": "sigmoid outputs (tagging) instead of softmax (classification), set by the task"})
+    compile: bool = field(
+        default=False,
+        metadata={
+            "help": "compile the training step with torch.compile: the encoder after the frontend (feature encoder and "
+            "conformer, forward and backward), in both passes of the consistency loss; the frontend, augmentations, "
+            "head, evaluation and inference stay eager. The encoder config's own compile field is not read. " + COMPILE_SHAPES_HELP
+        },
+    )
+    compile_mode: COMPILE_MODE_CHOICES = field(default="default", metadata={"help": COMPILE_MODE_HELP})
 
 
 def encoder_config(cfg: LogmelConformerClassifierConfig) -> DictConfig:
@@ -86,6 +103,8 @@ class LogmelConformerClassifier(BaseFairseqModel):
         self.multilabel = cfg.multilabel
         self.encoder = LogmelConformerModel(encoder_cfg)
         self.encoder.remove_pretraining_modules()
+        # Fine-tuning compiles as its own config says, whatever the pre-training run did.
+        self.encoder.step_compiler = StepCompiler.from_config(cfg)
         self.dropout = nn.Dropout(cfg.encoder_output_dropout)
         self.head = nn.Linear(encoder_cfg.encoder_dim, len(self.class_names))
         self.num_updates = 0
@@ -109,6 +128,11 @@ class LogmelConformerClassifier(BaseFairseqModel):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         self.encoder.adopt_feature_norm(state_dict, prefix="encoder.")
         return super().load_state_dict(state_dict, strict, model_cfg, args)
+
+    @property
+    def step_compiler(self) -> StepCompiler:
+        """How the training step compiles (``compile``): the encoder's, which this model's config set."""
+        return self.encoder.step_compiler
 
     def set_num_updates(self, num_updates: int) -> None:
         super().set_num_updates(num_updates)
@@ -135,7 +159,8 @@ class LogmelConformerClassifier(BaseFairseqModel):
             frames, frame_lengths = self.encoder.logmel(source, padding_mask)
             if self.training:
                 frames = self.augment(frames, frame_lengths)
-            features, step_padding = self.encoder.encode_logmel(frames, frame_lengths)
+            encode = self.encoder.step_compiler.wrap(self.encoder.encode_logmel, self)
+            features, step_padding = encode(frames, frame_lengths)
         return self.dropout(features), step_padding
 
     def forward(self, source: torch.Tensor, padding_mask: Optional[torch.Tensor] = None) -> Dict[str, Optional[torch.Tensor]]:

@@ -5,6 +5,9 @@ import torch
 import torch.nn as nn
 from torchaudio.models.conformer import ConformerLayer
 
+# How compiled graphs compute the depthwise convolution: "shifted_sums" (fused by inductor) or "conv".
+COMPILED_DEPTHWISE = "shifted_sums"
+
 
 class MaskedConvolutionModule(nn.Module):
     """Conformer convolution module that zeroes padded steps before the depthwise convolution.
@@ -25,6 +28,12 @@ class MaskedConvolutionModule(nn.Module):
     back to ATen's own depthwise kernels. Batch norm over the (T * B, D) rows
     takes the same statistics as over (B, D, T). Measurements:
     experiments/train_throughput.
+
+    Inside ``torch.compile`` (the models' ``compile``) the depthwise convolution is written out as ``k``
+    shifted multiply-adds over the time axis (:meth:`depthwise_shifted_sums`): inductor fuses them, with the
+    masking before and the batch-norm statistics after, into one pass over the activations, and their backward
+    into a few, where a convolution would stay an opaque library call with layout copies around it.
+    :data:`COMPILED_DEPTHWISE` set to ``"conv"`` keeps the convolution there too (for comparisons).
     """
 
     def __init__(self, dim: int, kernel_size: int, dropout: float):
@@ -46,13 +55,34 @@ class MaskedConvolutionModule(nn.Module):
             # In place: GLU's backward reads its input, not this fresh output.
             x.masked_fill_(padding_mask.t()[:, :, None], 0.0)
         steps, batch, dim = x.shape
+        x = nn.functional.silu(self.batch_norm(self.depthwise_rows(x)))
+        x = nn.functional.linear(x, self.pointwise_out.weight.squeeze(2), self.pointwise_out.bias)
+        return self.dropout(x.view(steps, batch, dim))
+
+    def depthwise_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise convolution over time of (T, B, D) activations, as (T * B, D) rows."""
+        steps, batch, dim = x.shape
+        # TorchScript skips this branch (it sees is_scripting() as True): it cannot read the module's global.
+        if not torch.jit.is_scripting():
+            if torch.compiler.is_dynamo_compiling() and COMPILED_DEPTHWISE == "shifted_sums":
+                return self.depthwise_shifted_sums(x).reshape(steps * batch, dim)
         image = x[None].permute(0, 3, 1, 2)
         x = nn.functional.conv2d(
             image, self.depthwise.weight[:, :, :, None], self.depthwise.bias, padding=(self.depthwise.padding[0], 0), groups=dim
         )
-        x = nn.functional.silu(self.batch_norm(x.permute(0, 2, 3, 1).reshape(steps * batch, dim)))
-        x = nn.functional.linear(x, self.pointwise_out.weight.squeeze(2), self.pointwise_out.bias)
-        return self.dropout(x.view(steps, batch, dim))
+        return x.permute(0, 2, 3, 1).reshape(steps * batch, dim)
+
+    @torch.jit.unused
+    def depthwise_shifted_sums(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise convolution of (T, B, D) activations as ``k`` shifted multiply-adds: (T, B, D) -> (T, B, D)."""
+        steps = x.shape[0]
+        kernel = self.depthwise.kernel_size[0]
+        weight = self.depthwise.weight[:, 0, :]
+        padded = nn.functional.pad(x, (0, 0, 0, 0, kernel // 2, kernel // 2))
+        out = padded[:steps] * weight[:, 0] + self.depthwise.bias
+        for tap in range(1, kernel):
+            out = out + padded[tap : tap + steps] * weight[:, tap]
+        return out
 
 
 class ConvFirstConformerLayer(ConformerLayer):

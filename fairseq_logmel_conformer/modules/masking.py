@@ -6,6 +6,14 @@ from typing import Optional, Tuple
 import torch
 
 
+def _uniform(*shape, device: torch.device, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """``torch.rand(*shape)``: without a generator, called without one, as a traced graph with a dynamic batch
+    size needs (``rand``'s overload that takes a generator wants every size concrete)."""
+    if generator is None:
+        return torch.rand(*shape, device=device)
+    return torch.rand(*shape, device=device, generator=generator)
+
+
 def _max_spans(max_len: int, mask_prob: float, span: int) -> int:
     """Most spans :func:`compute_span_mask` places in a clip of at most ``max_len`` steps."""
     # floor(mask_prob * L / span + u) with u < 1 is at most ceil(mask_prob * max_len / span).
@@ -42,12 +50,12 @@ def compute_span_mask(
     max_spans = _max_spans(max_len, mask_prob, span)
     if max_spans == 0:
         return torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-    rand = torch.rand(batch, device=device, generator=generator)
+    rand = _uniform(batch, device=device, generator=generator)
     num_spans = torch.floor(mask_prob * lengths / span + rand).long()
     # The clamp to max_spans only catches float32 rounding past the bound, about once in a million clips.
     num_spans = torch.minimum(num_spans, torch.div(lengths, span, rounding_mode="floor")).clamp(max=max_spans)
     num_slots = lengths - num_spans * (span - 1)
-    keys = torch.rand(batch, max_len, device=device, generator=generator)
+    keys = _uniform(batch, max_len, device=device, generator=generator)
     keys.masked_fill_(torch.arange(max_len, device=device)[None, :] >= num_slots[:, None], 2.0)
     picks = keys.topk(max_spans, dim=1, largest=False).indices
     used = torch.arange(max_spans, device=device)[None, :] < num_spans[:, None]
@@ -93,7 +101,7 @@ def sample_distractors(
         empty = counts.new_zeros(batch, max_masked, 0)
         return empty, empty.bool()
     others = (counts - 1)[:, None, None]
-    keys = torch.rand(batch, max_masked, max_masked - 1, device=counts.device, generator=generator)
+    keys = _uniform(batch, max_masked, max_masked - 1, device=counts.device, generator=generator)
     keys.masked_fill_(torch.arange(max_masked - 1, device=counts.device) >= others, 2.0)
     chosen = keys.topk(width, dim=2, largest=False).indices
     own_rank = torch.arange(max_masked, device=counts.device)[None, :, None]
@@ -120,7 +128,7 @@ def sample_cross_clip_distractors(
     ends = counts.cumsum(0)
     starts = ends - counts
     pool = (ends[-1] - counts)[:, None, None]
-    draws = torch.rand(batch, max_masked, num_distractors, device=counts.device, generator=generator)
+    draws = _uniform(batch, max_masked, num_distractors, device=counts.device, generator=generator)
     # Rows of the batch's masked steps counted clip after clip, skipping over the step's own clip.
     rows = torch.minimum((draws * pool).long(), (pool - 1).clamp(min=0))
     rows = rows + (rows >= starts[:, None, None]).long() * counts[:, None, None]

@@ -1,5 +1,6 @@
 """``logmel_pretraining``: self-supervised pre-training on unlabelled audio listed in fairseq manifests."""
 import gc
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -13,6 +14,8 @@ from ..data.manifest_dataset import AudioClipDataset, ManifestAudioDataset
 from ..data.packed import is_packed, meta_path
 from ..data.packed_dataset import PackedAudioDataset
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class LogmelPretrainingConfig(FairseqDataclass):
@@ -23,7 +26,14 @@ class LogmelPretrainingConfig(FairseqDataclass):
         default=min_clip_samples(16000),
         metadata={"help": "clips shorter than this many samples (manifest sizes) are left out, each named in the log (default: the 60 ms that give one model step at 16 kHz)"},
     )
-    num_batch_buckets: int = field(default=0, metadata={"help": "group clips of similar length into this many buckets to reduce padding (0: off)"})
+    num_batch_buckets: int = field(
+        default=0,
+        metadata={
+            "help": "pad each batch up to one of this many lengths (percentiles of the clip lengths) instead of to its "
+            "longest clip (0: off). With model.compile, each length compiles one graph: set it when clips are shorter "
+            "than max_sample_size, or every distinct batch length compiles its own"
+        },
+    )
     seed: int = field(default=II("common.seed"), metadata={"help": "seed of the random crops"})
     skip_unreadable_clips: bool = field(default=False, metadata={"help": "skip clips that cannot be read (missing, corrupt, NaN samples, length disagreeing with the manifest) with a warning each, counted in the logged unreadable_clips, instead of stopping with an error naming the manifest line"})
 
@@ -77,6 +87,14 @@ class LogmelPretrainingTask(FairseqTask):
             gc.collect()
             gc.freeze()
         return super().get_batch_iterator(dataset, *args, **kwargs)
+
+    def build_model(self, cfg: FairseqDataclass, from_checkpoint: bool = False):
+        if getattr(cfg, "compile", False) and self.cfg.num_batch_buckets <= 0:
+            logger.warning(
+                "model.compile with task.num_batch_buckets=0: each distinct batch length compiles its own graph. "
+                "Fine if every clip is at least task.max_sample_size long (one length); otherwise set num_batch_buckets"
+            )
+        return super().build_model(cfg, from_checkpoint)
 
     def max_positions(self):
         return None
