@@ -57,10 +57,24 @@ from fairseq_logmel_conformer.prepare.esc50 import read_metadata
 
 BENCHMARK = "esc50_pretrain_vs_scratch"
 BIN_DIR = os.path.dirname(sys.executable)
+# The module behind each console script, for an environment that has the package on PYTHONPATH but not installed.
+COMMAND_MODULES = {
+    "fairseq-hydra-train": "fairseq_cli.hydra_train",
+    "logmel-manifest": "fairseq_logmel_conformer.cli.make_manifest",
+    "logmel-evaluate": "fairseq_logmel_conformer.cli.evaluate",
+}
 # Settings that do not change the numbers: a rerun that differs only in these may replace a result of the same name.
-NOT_RESULT_SETTINGS = ("work_dir", "esc50_dir", "unlabeled_dir", "jobs", "threads", "threads_pretrain", "name", "results_dir", "total_wall_s")
+NOT_RESULT_SETTINGS = (
+    "work_dir", "esc50_dir", "unlabeled_dir", "jobs", "threads", "threads_pretrain", "name", "results_dir", "note", "total_wall_s",
+)
 # pretrain_<config> and its fine-tuning encoder group +encoder=<config> describe the same conformer.
 CONFIGS = ("small", "cfS")
+
+
+def console_command(name: str) -> List[str]:
+    """The console script ``name`` of this Python's environment, or ``python -m`` its module where it is not installed."""
+    script = os.path.join(BIN_DIR, name)
+    return [script] if os.path.exists(script) else [sys.executable, "-m", COMMAND_MODULES[name]]
 
 
 def run(command: List[str], cwd: str, threads: int, log_path: str) -> float:
@@ -149,7 +163,7 @@ def build_manifests(args: argparse.Namespace) -> Dict[str, str]:
         "esc": os.path.join(args.work_dir, "manifests", args.subset),
     }
     if not os.path.isfile(os.path.join(folders["unlabeled"], "train.tsv")):
-        run([os.path.join(BIN_DIR, "logmel-manifest"), pretraining_audio_dir(args), "--dest", folders["unlabeled"], "--valid-percent", "0.05"],
+        run([*console_command("logmel-manifest"), pretraining_audio_dir(args), "--dest", folders["unlabeled"], "--valid-percent", "0.05"],
             args.work_dir, args.threads, os.path.join(args.work_dir, f"manifest_{pretraining_audio_name(args)}.log"))
     if args.pretrain_fraction < 1:
         folders["unlabeled"] = subset_manifest(folders["unlabeled"], args.pretrain_fraction, f"{folders['unlabeled']}_frac{args.pretrain_fraction:g}")
@@ -186,7 +200,7 @@ def device_overrides(args: argparse.Namespace) -> List[str]:
 def pretrain_command(args: argparse.Namespace, manifest_dir: str, out: str) -> List[str]:
     """The pre-training command line, with its outputs under ``out``."""
     command = [
-        os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
+        *console_command("fairseq-hydra-train"), "--config-name", f"pretrain_{args.config}",
         f"task.data={manifest_dir}", *device_overrides(args), f"common.seed={args.seed}",
         f"checkpoint.save_dir={out}/checkpoints", f"hydra.run.dir={out}/run",
         *(f"++model.{override}" for override in args.model_override), *args.pretrain_override,
@@ -262,7 +276,7 @@ def finetune_command(args: argparse.Namespace, fold_dir: str, out: str, checkpoi
         "model.pretrained_path=null", f"+encoder={args.config}", *(f"++model.encoder.{override}" for override in args.model_override)
     ]
     return [
-        os.path.join(BIN_DIR, "fairseq-hydra-train"), "--config-name", "finetune_esc50",
+        *console_command("fairseq-hydra-train"), "--config-name", "finetune_esc50",
         f"task.data={fold_dir}", *encoder, *device_overrides(args), f"common.seed={seed}", "dataset.num_workers=0",
         f"optimization.max_update={args.finetune_updates}", *([f"optimization.lr=[{args.finetune_lr}]"] if args.finetune_lr else []),
         f"model.freeze_encoder_updates={args.freeze_encoder_updates}", f"task.train_fraction={args.finetune_train_fraction}",
@@ -300,7 +314,7 @@ def finetune_and_evaluate(args: argparse.Namespace, fold: int, seed: int, arm: s
     if training_seconds(out) is None:
         run(command, out, args.threads, os.path.join(out, "stdout.log"))
     evaluation = os.path.join(out, "evaluation")
-    evaluate = [os.path.join(BIN_DIR, "logmel-evaluate"), os.path.join(out, "checkpoints", "checkpoint_last.pt"),
+    evaluate = [*console_command("logmel-evaluate"), os.path.join(out, "checkpoints", "checkpoint_last.pt"),
                 "--split", "valid", "--out", evaluation, "--device", args.device]
     run(evaluate, out, args.threads, os.path.join(out, "evaluate.log"))
     metrics = read_json(os.path.join(evaluation, "metrics.json"))["metrics"]
@@ -414,6 +428,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         help="fine-tuning runs (fold x seed x arm) at a time, one process each: 2 runs the two arms of a fold together; "
         "one GPU, which a single run leaves mostly idle, took 10 (five folds x two arms)",
     )
+    parser.add_argument(
+        "--note", action="append", default=[],
+        help="a line for the results' notes, e.g. how the audio was carried to the machine (repeatable)",
+    )
     parser.add_argument("--name", help="results file name (default: <subset>_<config>_folds<folds>); every setting is in the JSON")
     parser.add_argument("--results-dir", default=results_dir(BENCHMARK), help="folder of the results files (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -478,6 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     notes = [
         "accuracy_last: logmel-evaluate on the held-out fold with the last fine-tuning checkpoint (no model selection on the test fold)",
         "best_valid_accuracy_during_training is the best epoch on the held-out fold itself: optimistic, for the curves only",
+        *args.note,
     ]
     write_json(base + ".json", BENCHMARK, settings, results, args.device, notes, argv)
     write_figure(base + ".png", pretraining["curve"], {name: {arm: arms[arm]["curve"] for arm in ARMS} for name, arms in runs.items()}, os.path.basename(base))

@@ -71,38 +71,7 @@ left() { echo $(( BUDGET - ($(date +%s) - START) )); }
 say() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$LOG"; }
 
 # ---- set-up: wheels, fairseq-fixed's Cython modules, the package from this checkout
-SITE=/tmp/gpu_step_site
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl >>"$LOG" 2>&1 \
-    || { say "pip install from $WHEELS failed (see $LOG)"; exit 1; }
-FAIRSEQ_SRC=/tmp/fairseq_fixed-0.12.3.1
-rm -rf "$FAIRSEQ_SRC" && tar xzf "$WHEELS"/fairseq_fixed-0.12.3.1.tar.gz -C /tmp || { say "no fairseq-fixed sdist in $WHEELS"; exit 1; }
-# Only what training imports: data_utils_fast (batch_by_size) and token_block_utils_fast. fairseq's own setup.py would
-# also build three torch C++ extensions, and CUDA ones when CUDA_HOME is set: minutes, for code no benchmark runs.
-(cd "$FAIRSEQ_SRC" && python3 - >>"$LOG" 2>&1 <<'EOF'
-import numpy
-from Cython.Build import cythonize
-from setuptools import Extension, setup
-
-modules = ["data_utils_fast", "token_block_utils_fast"]
-extensions = [
-    Extension(f"fairseq.data.{name}", [f"fairseq/data/{name}.pyx"], language="c++",
-              include_dirs=[numpy.get_include()], extra_compile_args=["-std=c++11", "-O3"])
-    for name in modules
-]
-setup(name="fairseq-cython-modules", ext_modules=cythonize(extensions, language_level=3, quiet=True),
-      script_args=["build_ext", "--inplace", "--parallel", "2"])
-EOF
-) || { say "building fairseq-fixed's Cython modules failed (see $LOG)"; exit 1; }
-export PYTHONPATH="$ROOT:$FAIRSEQ_SRC:$SITE${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-# One inductor cache for every group: later groups reuse the graphs the first one compiled.
-export TORCHINDUCTOR_CACHE_DIR=/tmp/gpu_step_inductor
-[ -f "$WHEELS/COMMIT" ] && export LOGMEL_GIT_COMMIT="$(cat "$WHEELS/COMMIT")"
-cd "$ROOT"
-python3 -c "import torch, fairseq, fairseq_logmel_conformer; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'fairseq', fairseq.__version__, torch.cuda.get_device_name(0))" 2>>"$LOG" | tee -a "$LOG" \
-    || { say "imports failed (see $LOG)"; exit 1; }
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >>"$LOG" 2>&1
-say "set-up done; commit ${LOGMEL_GIT_COMMIT:-(from git)}"
+source "$ROOT/benchmarks/gpu_setup.sh"
 
 # ---- groups
 BF16="common.memory_efficient_bf16=true"

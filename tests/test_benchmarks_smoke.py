@@ -434,3 +434,60 @@ def test_bench_settings_switch_the_worker_and_leave_hydras_overrides():
             apply_bench_overrides(["bench.nothing=1"])
     finally:
         conformer.COMPILED_DEPTHWISE, compile_module.DYNAMIC_BATCH = "shifted_sums", True
+
+
+def test_carried_audio_decodes_to_flac_under_the_original_names_with_every_sample_and_the_metadata(tmp_path):
+    """benchmarks.device_audio: what the GPU machine decodes has the clips' names, rates and lengths, sounds like them
+    (Opus is lossy: the error is checked, not equality), keeps the metadata, and names what it could not encode."""
+    import numpy as np
+    import soundfile as sf
+
+    from benchmarks.device_audio import decode_folder, encode_folder
+
+    src, encoded, decoded = (str(tmp_path / name) for name in ("src", "encoded", "decoded"))
+    os.makedirs(os.path.join(src, "audio"))
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 2) / 16000
+    clips = {"audio/1-1-A-0.flac": np.sin(2 * np.pi * 440 * t), "audio/tone.wav": np.sin(2 * np.pi * 1000 * t[:24000])}
+    for name, samples in clips.items():
+        sf.write(os.path.join(src, name), 0.5 * samples + 0.01 * rng.standard_normal(len(samples)), 16000)
+    sf.write(os.path.join(src, "audio/cd.wav"), np.zeros(4410), 44100)
+    with open(os.path.join(src, "sources.csv"), "w") as f:
+        f.write("file,licence\n")
+
+    problems = encode_folder(src, encoded)
+    assert len(problems) == 1 and "cd.wav: 44100 Hz" in problems[0]
+    assert decode_folder(encoded, decoded) == []
+    assert sorted(os.listdir(os.path.join(decoded, "audio"))) == ["1-1-A-0.flac", "tone.flac"]
+    assert open(os.path.join(decoded, "sources.csv")).read() == "file,licence\n"
+    for name, restored in (("audio/1-1-A-0.flac", "audio/1-1-A-0.flac"), ("audio/tone.wav", "audio/tone.flac")):
+        original, _ = sf.read(os.path.join(src, name))
+        samples, rate = sf.read(os.path.join(decoded, restored))
+        assert rate == 16000 and samples.shape == original.shape
+        assert np.mean((samples - original) ** 2) < 0.05 * np.mean(original**2), name
+
+    size = os.path.getsize(os.path.join(encoded, "audio/1-1-A-0.flac.opus.ogg"))
+    assert size * 8 / 2 < 24000, "more than 24 kbit/s"
+    mtime = os.path.getmtime(os.path.join(decoded, "audio/tone.flac"))
+    assert decode_folder(encoded, decoded) == [] and os.path.getmtime(os.path.join(decoded, "audio/tone.flac")) == mtime
+
+
+def test_esc_benchmark_runs_the_commands_as_modules_where_they_are_not_installed(tmp_path, monkeypatch):
+    """On the GPU machine the package is on PYTHONPATH, not installed: no console scripts beside the interpreter."""
+    import subprocess
+    import sys
+
+    from benchmarks import esc50_pretrain_vs_scratch as bench
+
+    assert bench.console_command("logmel-manifest") == [os.path.join(bench.BIN_DIR, "logmel-manifest")]
+    monkeypatch.setattr(bench, "BIN_DIR", str(tmp_path))
+    for name in bench.COMMAND_MODULES:
+        assert bench.console_command(name)[:2] == [sys.executable, "-m"]
+    config = subprocess.run(
+        [*bench.console_command("fairseq-hydra-train"), "--config-name", "pretrain_tiny", "task.data=/corpus", "--cfg", "job"],
+        capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
+    )
+    assert config.returncode == 0 and "data: /corpus" in config.stdout and "_name: logmel_conformer" in config.stdout
+    for name in ("logmel-manifest", "logmel-evaluate"):
+        usage = subprocess.run([*bench.console_command(name), "--help"], capture_output=True, text=True, timeout=300)
+        assert usage.returncode == 0 and "usage:" in usage.stdout, name

@@ -58,7 +58,7 @@ def test_a_frozen_encoder_stays_as_loaded_in_memory_efficient_bf16(tmp_path, lab
     workdir = str(tmp_path)
     hydra_train(
         "finetune_esc50", workdir, f"task.data={labelled_corpus}", f"model.pretrained_path={pretrained_checkpoint}", "common.bf16=true",
-        "common.memory_efficient_bf16=true", "model.freeze_encoder_updates=6", "optimizer.weight_decay=200", *FAST,
+        "common.memory_efficient_bf16=true", "model.freeze_encoder_updates=6", "model.reinit_last_blocks=0", "optimizer.weight_decay=200", *FAST,
     )
     pretrained = torch.load(pretrained_checkpoint, map_location="cpu", weights_only=False)["model"]
     finetuned = torch.load(f"{workdir}/checkpoints/checkpoint_last.pt", map_location="cpu", weights_only=False)["model"]
