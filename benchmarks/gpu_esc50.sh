@@ -19,8 +19,8 @@
 #   echo /.device/ >> .git/info/exclude
 #   for set in esc50 unlabeled unlabeled_sfx; do
 #       python -m benchmarks.device_audio encode ../shared/data/$set .device/audio/$set; done
-# (Ogg Opus at compression level 0.97, about 14 kbit/s: ESC-50 19 MB, unlabeled 9 MB, unlabeled_sfx 23 MB, so all three
-# with the wheels stay under the 64 MiB a call carries.) Then, for example:
+# (Ogg Opus at compression level 0.98, about 12 kbit/s: ESC-50 14 MB, unlabeled 7.5 MB, unlabeled_sfx 20 MB, estimated
+# from samples; with the wheels (12.9 MB) and the working tree (3.7 MB) about 58 MB of the 64 MiB a call carries.) Then, for example:
 #   run(command="bash benchmarks/gpu_esc50.sh .whl unlabeled+unlabeled_sfx", carry=[".whl", ".device"], timeout_s=590)
 set -uo pipefail
 
@@ -53,6 +53,6 @@ python3 -m benchmarks.esc50_pretrain_vs_scratch --esc50-dir "$DECODED/esc50" --u
     --device cuda --precision bf16 --jobs 10 --pretrain-minutes "${PRETRAIN_MINUTES:-2.5}" --pretrain-updates 2000 \
     --pretrain-override lr_scheduler.warmup_updates=250 checkpoint.save_interval=1000000 dataset.validate_interval=10 \
     --finetune-updates 1000 --name "esc50_cfS_$(echo "$AUDIO" | tr + _)" \
-    --note "audio carried as Ogg Opus (benchmarks/device_audio.py, compression level 0.97, about 14 kbit/s), decoded to FLAC" \
+    --note "audio carried as Ogg Opus (benchmarks/device_audio.py, compression level 0.98, about 12 kbit/s), decoded to FLAC" \
     "$@" 2>&1 | tee -a "$LOG"
 say "done"
