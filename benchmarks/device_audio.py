@@ -4,8 +4,9 @@ The device machine takes at most 64 MiB along with the working tree, and ESC-50
 with the unlabelled sets (7.7 h of 16 kHz audio, 250 MB as FLAC and Vorbis)
 does not fit. libsndfile's Opus encoder is variable-rate: ``--compression-level
 0.98`` gives about 12 kbit/s on these sets (0.97: 14, 0.93: 24, 0.9: 31), so all
-of them take about 41 MB, which leaves room for the wheels and the working tree. The log-mels see a lossy copy, the same in both arms of a
-comparison; results from carried audio name the level in their settings.
+of them take about 41 MB, which leaves room for the wheels and the working tree.
+The log-mels see a lossy copy, the same in both arms of a comparison; results
+from carried audio say so in their notes (``benchmarks/gpu_esc50.sh``).
 
     python -m benchmarks.device_audio encode SRC DEST [--compression-level 0.98]
     python -m benchmarks.device_audio decode DEST RESTORED
