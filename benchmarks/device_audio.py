@@ -19,11 +19,13 @@ as 16-bit FLAC named after the original with a ``.flac`` extension, so ESC-50's
 rest. Both run in parallel and skip outputs that exist (a rerun resumes).
 """
 import argparse
+import functools
 import os
 import shutil
 import sys
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
+import numpy as np
 import soundfile as sf
 
 from fairseq_logmel_conformer.data.audio import AUDIO_EXTENSIONS, AudioReadError, decode, open_audio_file
@@ -33,41 +35,42 @@ ENCODED_SUFFIX = ".opus.ogg"
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 
-def _read(path: str):
-    """(float32 (n, C), rate), or the AudioReadError that names the file and says why not."""
-    try:
-        with open_audio_file(path) as handle:
-            return decode(handle, path), handle.samplerate
-    except AudioReadError as error:
-        return error, None
+def _read(path: str) -> Tuple[np.ndarray, int]:
+    """float32 (n, C) and the file's rate; raises :class:`AudioReadError` naming the file."""
+    with open_audio_file(path) as handle:
+        return decode(handle, path), handle.samplerate
 
 
-def _encode(job: Tuple[str, str, float]) -> Optional[str]:
-    """Encode one file; the reason it cannot be, or None."""
-    source, target, level = job
+def _write(target: str, samples: np.ndarray, rate: int, **encoding) -> None:
+    """Write through ``<target>.part``, so that a cut-off run leaves no file a rerun would keep."""
+    sf.write(target + ".part", samples, rate, **encoding)
+    os.replace(target + ".part", target)
+
+
+def _encode(source: str, target: str, level: float) -> Optional[str]:
     samples, rate = _read(source)
-    if rate is None:
-        return str(samples)
     if rate not in OPUS_RATES:
         return f"{source}: {rate} Hz, Opus takes {OPUS_RATES}"
-    partial = target + ".part"
-    sf.write(partial, samples.mean(axis=1), rate, format="OGG", subtype="OPUS", compression_level=level)
-    os.replace(partial, target)
+    _write(target, samples.mean(axis=1), rate, format="OGG", subtype="OPUS", compression_level=level)
     return None
 
 
-def _decode(job: Tuple[str, str, float]) -> Optional[str]:
-    source, target, _ = job
+def _decode(source: str, target: str) -> Optional[str]:
     samples, rate = _read(source)
-    if rate is None:
-        return str(samples)
-    partial = target + ".part"
-    sf.write(partial, samples, rate, format="FLAC", subtype="PCM_16")
-    os.replace(partial, target)
+    _write(target, samples, rate, format="FLAC", subtype="PCM_16")
     return None
 
 
-def _mirror(src: str, dest: str, audio_suffixes: Tuple[str, ...], rename, convert, level: float, jobs: int) -> List[str]:
+def _convert(job: Tuple[Callable[[str, str], Optional[str]], str, str]) -> Optional[str]:
+    """Convert one file; the reason it cannot be, or None."""
+    convert, source, target = job
+    try:
+        return convert(source, target)
+    except AudioReadError as error:
+        return str(error)
+
+
+def _mirror(src: str, dest: str, audio_suffixes: Tuple[str, ...], rename, convert, jobs: int) -> List[str]:
     """Convert the audio files under ``src`` into ``dest`` (names by ``rename``), copy the rest; return the problems."""
     audio = set(find_audio(src, audio_suffixes))
     work = []
@@ -79,23 +82,24 @@ def _mirror(src: str, dest: str, audio_suffixes: Tuple[str, ...], rename, conver
                 continue
             os.makedirs(os.path.dirname(target), exist_ok=True)
             if relative in audio:
-                work.append((os.path.join(src, relative), target, level))
+                work.append((convert, os.path.join(src, relative), target))
             else:
                 shutil.copyfile(os.path.join(src, relative), target)
-    return [problem for problem in parallel_map(convert, work, jobs, os.path.basename(src.rstrip("/"))) if problem]
+    return [problem for problem in parallel_map(_convert, work, jobs, os.path.basename(src.rstrip("/"))) if problem]
 
 
 def encode_folder(src: str, dest: str, level: float = 0.98, jobs: int = 1) -> List[str]:
     """Mirror ``src`` into ``dest`` with every audio file as Ogg Opus; return the files that could not be."""
-    return _mirror(src, dest, AUDIO_EXTENSIONS, lambda name: name + ENCODED_SUFFIX, _encode, level, jobs)
+    encode = functools.partial(_encode, level=level)
+    return _mirror(src, dest, AUDIO_EXTENSIONS, lambda name: name + ENCODED_SUFFIX, encode, jobs)
 
 
 def decode_folder(src: str, dest: str, jobs: int = 1) -> List[str]:
     """Mirror an :func:`encode_folder` output into ``dest`` with every clip as 16-bit FLAC under its original stem."""
-    return _mirror(
-        src, dest, (ENCODED_SUFFIX,), lambda name: os.path.splitext(name[: -len(ENCODED_SUFFIX)])[0] + ".flac",
-        _decode, 0.0, jobs,
-    )
+    def flac_name(encoded: str) -> str:
+        return os.path.splitext(encoded[: -len(ENCODED_SUFFIX)])[0] + ".flac"
+
+    return _mirror(src, dest, (ENCODED_SUFFIX,), flac_name, _decode, jobs)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -20,7 +20,8 @@
 #   for set in esc50 unlabeled unlabeled_sfx; do
 #       python -m benchmarks.device_audio encode ../shared/data/$set .device/audio/$set; done
 # (Ogg Opus at compression level 0.98, about 12 kbit/s: ESC-50 14 MB, unlabeled 7.5 MB, unlabeled_sfx 20 MB, estimated
-# from samples; with the wheels (12.9 MB) and the working tree (3.7 MB) about 58 MB of the 64 MiB a call carries.) Then, for example:
+# from samples; with the wheels (12.9 MB) and the working tree (3.7 MB) about 58 MB of the 64 MiB a call carries.)
+# Then, for example:
 #   run(command="bash benchmarks/gpu_esc50.sh .whl unlabeled+unlabeled_sfx", carry=[".whl", ".device"], timeout_s=590)
 set -uo pipefail
 
