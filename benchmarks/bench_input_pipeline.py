@@ -131,15 +131,17 @@ def children_cpu_seconds() -> Dict[int, float]:
 
 
 def batch_memory_cost(samples: int, repeats: int = 30) -> Dict:
-    """CPU ms to allocate and fill one float32 batch of ``samples`` in private memory and in shared memory (what a
-    loader worker hands over): the shared pages are new each batch, and the kernel allocates and zeroes each one."""
-    from fairseq_logmel_conformer.data.packed_dataset import new_batch
+    """CPU ms to fill one float32 batch of ``samples``: in new private memory, in new shared memory (what a loader
+    worker would hand over without a ring: the kernel allocates and zeroes each new shared page) and in a shared
+    buffer used again (what a worker's ring lends)."""
+    from fairseq_logmel_conformer.data.shared_batches import batch_tensors
 
+    def new_shared() -> torch.Tensor:
+        return torch.empty(0).set_(torch.UntypedStorage._new_shared(samples * 4), 0, (1, samples))
+
+    reused = new_shared()
     out = {"batch_mb": samples * 4 / 1e6}
-    for name, allocate in (
-        ("private_ms", lambda: new_batch(1, samples)),
-        ("shared_ms", lambda: torch.empty(0).set_(torch.UntypedStorage._new_shared(samples * 4), 0, (1, samples), (samples, 1))),
-    ):
+    for name, allocate in (("private_ms", lambda: batch_tensors([((1, samples), torch.float32)])[0][0]), ("shared_ms", new_shared), ("reused_shared_ms", lambda: reused)):
         start = time.process_time()
         for _ in range(repeats):
             allocate().fill_(1.0)
@@ -657,7 +659,8 @@ def main(argv=None) -> None:
         results["against_training"]["train_results"] = os.path.relpath(train_path)
     if "batch_memory" in results:
         entry = results["batch_memory"]
-        print(f"one {entry['batch_mb']:.1f} MB batch: {entry['private_ms']:.2f} ms in private memory, {entry['shared_ms']:.2f} ms in shared memory")
+        print(f"one {entry['batch_mb']:.1f} MB batch: {entry['private_ms']:.2f} ms in new private memory, {entry['shared_ms']:.2f} ms "
+              f"in new shared memory, {entry['reused_shared_ms']:.2f} ms in a reused shared buffer")
     for name, entry in results.get("loader", {}).items():
         rates = ", ".join(
             f"{k}: {v['audio_s_per_s']:.0f} ({v['audio_s_per_cpu_s']:.0f} per CPU s)" for k, v in entry.items() if k.startswith("workers_")

@@ -34,6 +34,7 @@ from fairseq_logmel_conformer.data.manifest import Manifest, PathList, _read_man
 from fairseq_logmel_conformer.data.manifest_dataset import ManifestAudioDataset
 from fairseq_logmel_conformer.data.packed import UNIT_SCALE, PackedCorpusError
 from fairseq_logmel_conformer.data.packed_dataset import PackedAudioDataset
+from fairseq_logmel_conformer.data.shared_batches import RING_SLOTS
 from fairseq_logmel_conformer.tasks.labelled_audio import LabelledAudioConfig
 from fairseq_logmel_conformer.tasks.logmel_audio_classification import LogmelAudioClassificationTask
 from fairseq_logmel_conformer.tasks.logmel_pretraining import LogmelPretrainingConfig, LogmelPretrainingTask
@@ -85,7 +86,7 @@ def batches(task, split, num_workers, epoch, **kwargs):
 def assert_same_batches(plain, packed):
     assert len(plain) == len(packed) > 1
     for a, b in zip(plain, packed):
-        assert a.keys() == b.keys()
+        assert a.keys() == b.keys() and type(b) is dict
         assert torch.equal(a["id"], b["id"]) and a["clip_names"] == b["clip_names"]
         assert torch.equal(a["net_input"]["source"], b["net_input"]["source"]), "samples or crops differ"
         if a["net_input"]["padding_mask"] is None:
@@ -123,6 +124,39 @@ def test_packed_and_plain_pretraining_splits_give_identical_batches_and_crops(co
         dataset.set_epoch(epoch)
         crops.append(dataset[longest]["source"])
     assert not torch.equal(*crops), "crops should change with the epoch"
+
+
+def shared_file(tensor):
+    """The inode of the shared-memory file behind a tensor that a loader worker sent."""
+    fd, _ = tensor.untyped_storage()._share_fd_cpu_()
+    return os.fstat(fd).st_ino
+
+
+def test_a_loader_worker_lends_a_shared_buffer_again_only_once_every_view_of_its_batch_is_freed(corpus):
+    _, packed = corpus
+    # Every clip cropped to 0.25 s, one a batch: batches of one shape.
+    task = LogmelPretrainingTask(LogmelPretrainingConfig(data=packed, seed=3, max_sample_size=4000, min_sample_size=4000))
+    task.load_dataset("train")
+
+    def epoch(num_workers):
+        iterator = task.get_batch_iterator(
+            dataset=task.dataset("train"), max_tokens=4000, seed=3, num_workers=num_workers, epoch=1, disable_iterator_cache=True
+        )
+        return iterator.next_epoch_itr(shuffle=True)
+
+    reference = [batch["net_input"]["source"] for batch in epoch(0)]
+    assert len(reference) > 2 * RING_SLOTS
+    # Each batch freed before the next arrives: the worker's few buffers serve the whole epoch.
+    files = []
+    for batch, expected in zip(epoch(1), reference):
+        assert torch.equal(batch["net_input"]["source"], expected)
+        files.append(shared_file(batch["net_input"]["source"]))
+    assert len(files) == len(reference) and len(set(files)) <= RING_SLOTS
+    # A view kept after its batch is gone keeps the buffer lent: no later batch is written over it.
+    views = [batch["net_input"]["source"][:, 1:] for batch in epoch(1)]
+    assert len(set(map(shared_file, views))) == len(views)
+    for view, expected in zip(views, reference):
+        assert torch.equal(view, expected[:, 1:])
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import torch
 
 from .manifest_dataset import PROBED_ENTRIES, AudioClipDataset, crop_starts
 from .packed import UNIT_SCALE, PackedCorpusError, PackedSplit
+from .shared_batches import LentBatch, batch_tensors
 
 logger = logging.getLogger(__name__)
 
@@ -23,19 +24,6 @@ class PackedSlice:
         return torch.from_numpy(self.samples).to(torch.float32).mul_(float(self.scale))
 
 
-def new_batch(rows: int, columns: int) -> torch.Tensor:
-    """An uninitialised (rows, columns) float32 tensor; in a loader worker, in shared memory.
-
-    As torch's default collate does: the worker hands the batch to the training
-    process without copying it into shared memory first.
-    """
-    if torch.utils.data.get_worker_info() is None:
-        # numpy asks for transparent huge pages for large arrays: fewer page faults than torch.empty's memory.
-        return torch.from_numpy(np.empty((rows, columns), dtype=np.float32))
-    storage = torch.UntypedStorage._new_shared(rows * columns * 4)
-    return torch.empty(0).set_(storage, 0, (rows, columns), (columns, 1))
-
-
 class PackedAudioDataset(AudioClipDataset):
     """The clips of one split of a packed corpus (see :class:`~.manifest_dataset.AudioClipDataset`).
 
@@ -48,7 +36,8 @@ class PackedAudioDataset(AudioClipDataset):
     Batches are read in one pass: ``__getitems__`` (which torch's loader
     calls for a whole batch) returns each crop as a :class:`PackedSlice`, and
     the collater converts the int16 slices straight into the batch tensor,
-    allocated in shared memory in a loader worker. ``dataset[i]`` returns the
+    in a loader worker all of the batch's tensors are views of one buffer the
+    worker reuses (:mod:`.shared_batches`). ``dataset[i]`` returns the
     float tensor, as the manifest dataset does.
 
     Building the dataset checks the files' sizes and headers and the CRC-32 of
@@ -138,8 +127,10 @@ class PackedAudioDataset(AudioClipDataset):
             return super().collater([{**s, "source": s["source"].read()} if isinstance(s["source"], PackedSlice) else s for s in samples])
         # What fairseq's RawAudioDataset.collater makes of the read crops (padded to the longest), in one pass.
         counts = [s["source"].samples.shape[0] for s in samples]
-        width = min(max(counts), self.max_sample_size)
-        source = new_batch(len(samples), width)
+        rows, width = len(samples), min(max(counts), self.max_sample_size)
+        padded = any(count < width for count in counts)
+        specs = [((rows, width), torch.float32), ((rows,), torch.int64)] + ([((rows, width), torch.bool)] if padded else [])
+        (source, ids, *mask), lease = batch_tensors(specs)
         # int16 -> float32 by torch's vectorised copy, then one multiply for the batch (two passes cost less
         # than numpy's buffered cast-and-multiply); a clip with a scale of its own is multiplied on its own.
         scales = [float(s["source"].scale) for s in samples]
@@ -152,10 +143,13 @@ class PackedAudioDataset(AudioClipDataset):
         else:
             for row, scale in enumerate(scales):
                 source[row].mul_(scale)
+        ids.copy_(torch.tensor([s["id"] for s in samples]))
         padding_mask = None
-        if any(count < width for count in counts):
-            padding_mask = torch.zeros(len(samples), width, dtype=torch.bool)
+        if padded:
+            padding_mask = mask[0]
             for row, count in enumerate(counts):
+                padding_mask[row, :count] = False
                 padding_mask[row, count:] = True
-        batch = {"id": torch.LongTensor([s["id"] for s in samples]), "net_input": {"source": source, "padding_mask": padding_mask}}
-        return self._finish_batch(batch, [s["clip_name"] for s in samples], 0)
+        batch = {"id": ids, "net_input": {"source": source, "padding_mask": padding_mask}}
+        batch = self._finish_batch(batch, [s["clip_name"] for s in samples], 0)
+        return batch if lease is None else LentBatch(batch, lease)
