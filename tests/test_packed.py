@@ -127,9 +127,15 @@ def test_packed_and_plain_pretraining_splits_give_identical_batches_and_crops(co
 
 
 def shared_file(tensor):
-    """The inode of the shared-memory file behind a tensor that a loader worker sent."""
-    fd, _ = tensor.untyped_storage()._share_fd_cpu_()
-    return os.fstat(fd).st_ino
+    """The shared-memory file behind a tensor that a loader worker sent: the inode of its mapping (never reused)."""
+    address = tensor.untyped_storage().data_ptr()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(bound, 16) for bound in fields[0].split("-"))
+            if start <= address < end:
+                return int(fields[4])
+    raise AssertionError(f"no mapping holds {address:#x}")
 
 
 def test_a_loader_worker_lends_a_shared_buffer_again_only_once_every_view_of_its_batch_is_freed(corpus):
