@@ -187,6 +187,8 @@ def _received(
             for known in [known for known in _rings if not _alive(known[0])]:
                 del _rings[known]
             _rings[ring] = (new_flags, {})
+        if ring not in _rings:
+            raise RuntimeError(f"a batch of loader worker {ring[0]} arrived without its first: a process must unpickle a worker's batches in order")
         flags, buffers = _rings[ring]
         if new_buffer is not None:
             buffers[slot] = torch.empty(0, dtype=torch.uint8).set_(new_buffer).numpy()
