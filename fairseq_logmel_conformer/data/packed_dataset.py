@@ -35,9 +35,9 @@ class PackedAudioDataset(AudioClipDataset):
 
     Batches are read in one pass: ``__getitems__`` (which torch's loader
     calls for a whole batch) returns each crop as a :class:`PackedSlice`, and
-    the collater converts the int16 slices straight into the batch tensor,
-    in a loader worker all of the batch's tensors are views of one buffer the
-    worker reuses (:mod:`.shared_batches`). ``dataset[i]`` returns the
+    the collater converts the int16 slices straight into the batch tensor; in
+    a loader worker, all of the batch's tensors are views of one buffer that
+    the worker reuses (:mod:`.shared_batches`). ``dataset[i]`` returns the
     float tensor, as the manifest dataset does.
 
     Building the dataset checks the files' sizes and headers and the CRC-32 of
