@@ -11,6 +11,8 @@
 #
 #   1. 512 x 10 s: cf_L and cf_S, eager and compiled: model FLOP utilisation (MFU, 989 TFLOP/s dense bf16 peak), peak
 #      memory, and the kernel-time profile of each step (top 25 GPU kernels by CUDA time, time_by_kernel);
+#   then the packed corpus's loader (issue 27: benchmarks.bench_input_pipeline, 0-15 workers) against the
+#      consumption group 1 measured: supply over each configuration (target 3x the compiled cf_L step);
 #   2. 128 x 10 s: the same four and fairseq's wav2vec 2.0 base (its own config and fairseq's bf16, as in the
 #      earlier runs; cf_L per audio second over it: target 8x);
 #   3. 8 x 10 s: cf_L eager / compiled / compiled with CUDA graphs (compile_mode=reduce-overhead), on fairseq's
@@ -25,12 +27,13 @@
 # kernel profile, host-device syncs; ratios and the issue's targets), a summary and the full log (at most 8 files,
 # what the device tool returns), in $OUT (the device tool's folder) or experiments/train_throughput/results/gpu_step/.
 #
-# Estimated runtime (never measured: no GPU was at hand when this was written), about 7.5 minutes in all:
+# Estimated runtime (never measured: no GPU was at hand when this was written), about 8.5 minutes if no group were skipped:
 #   set-up 40 s (local wheels; Cython builds two modules);
 #   group 1 ~190 s: writing 512 clips 20 s, four workers start 25 s, the first step compiles cf_L's and cf_S's
 #     graphs (pre-training pass and loss, forward and backward, all twelve blocks inlined) side by side, cold:
 #     guessed 90-150 s for cf_L on 16 cores; then 1 more warm-up step and 3 x 3 timed steps of at most 0.4 s for
 #     each of 4 workers (20 s) and diagnostics (FLOPs, operations, profile, optimizer, syncs: ~7 steps each, 15 s);
+#   loader ~60 s: writing and packing 3,000 generated 12 s clips (1.2 GB) 20 s, 2 x 5 worker counts x 2 epochs;
 #   group 2 ~80 s: inductor's on-disk cache (one folder for all groups) gives the compiled workers group 1's graphs
 #     (the batch dimension is dynamic, so the graph is the same), leaving tracing (~20-30 s);
 #   group 3 ~90 s: 9 small workers; CUDA graphs record on their first steps (~10 s); reduce-overhead may compile
@@ -79,8 +82,8 @@ C="model.compile=true"
 CG="model.compile=true:model.compile_mode=reduce-overhead"
 COMMON=(--device cuda --precision bf16 --peak-tflops 989 --parallel-warmup)
 
-group() {  # NAME MIN_SECONDS ARGS...: run one benchmark invocation if MIN_SECONDS are left, limited to the time left
-    local name=$1 need=$2; shift 2
+group() {  # NAME MIN_SECONDS MODULE ARGS...: run one benchmark if MIN_SECONDS are left, limited to the time left
+    local name=$1 need=$2 module=$3; shift 3
     local remaining; remaining=$(left)
     if (( remaining < need )); then
         say "skipped $name: ${remaining}s left, needs about ${need}s"
@@ -88,8 +91,7 @@ group() {  # NAME MIN_SECONDS ARGS...: run one benchmark invocation if MIN_SECON
     fi
     say "group $name (limit ${remaining}s)"
     # Its own process group, so that the limit ends the workers too (they hold GPU memory the next group needs).
-    setsid python3 -m benchmarks.bench_train_throughput "${COMMON[@]}" "$@" --output "$RESULTS/gpu_step_$name.json" \
-        >/tmp/gpu_step_group.out 2>>"$LOG" &
+    setsid python3 -m "$module" "$@" >/tmp/gpu_step_group.out 2>>"$LOG" &
     local pid=$!
     ( sleep "$remaining"; kill -TERM -- "-$pid" 2>/dev/null; sleep 10; kill -KILL -- "-$pid" 2>/dev/null ) &
     local watchdog=$!
@@ -101,17 +103,26 @@ group() {  # NAME MIN_SECONDS ARGS...: run one benchmark invocation if MIN_SECON
     say "group $name ended (exit $status)"
 }
 
-group b512 150 --clips 512 --reps 3 --steps 3 --warmup 2 --profile-top 25 \
+step() {  # NAME MIN_SECONDS ARGS...: a group of bench_train_throughput, its JSON gpu_step_NAME.json
+    local name=$1 need=$2; shift 2
+    group "$name" "$need" benchmarks.bench_train_throughput "${COMMON[@]}" "$@" --output "$RESULTS/gpu_step_$name.json"
+}
+
+step b512 150 --clips 512 --reps 3 --steps 3 --warmup 2 --profile-top 25 \
     --configs "cfL_trainer:$BF16,cfL_trainer:$BF16:$C,cfS_trainer:$BF16,cfS_trainer:$BF16:$C"
-group b128 60 --clips 128 --reps 3 --steps 3 --warmup 2 \
+# The packed corpus's loader (issue 27) against what group b512's steps consume: the supply ratio per configuration.
+group loader 60 benchmarks.bench_input_pipeline --device cuda --sections loader,frontend --formats packed \
+    --workers 0,1,4,8,15 --epochs 2 --repeats 2 --packed-clips 3000 --threads 1 \
+    --train-results "$RESULTS/gpu_step_b512.json" --output "$RESULTS/gpu_loader.json"
+step b128 60 --clips 128 --reps 3 --steps 3 --warmup 2 \
     --configs "cfL_trainer:$BF16,cfL_trainer:$BF16:$C,cfS_trainer:$BF16,cfS_trainer:$BF16:$C,w2v2_base_trainer"
-group b8 60 --clips 8 --reps 5 --steps 5 --warmup 3 \
+step b8 60 --clips 8 --reps 5 --steps 5 --warmup 3 \
     --configs "cfL_trainer:$BF16,cfL_trainer:$BF16:$C,cfL_trainer:$BF16:$CG,cfL_bare,cfL_bare:$C,cfL_bare:$CG,cfS_trainer:$BF16,cfS_trainer:$BF16:$C,w2v2_base_trainer"
-group ft 60 --clips 32 --seconds 4 --reps 5 --steps 5 --warmup 3 \
+step ft 60 --clips 32 --seconds 4 --reps 5 --steps 5 --warmup 3 \
     --configs "cfS_ft_trainer:$BF16,cfS_ft_trainer:$BF16:$C,cfS_ft_trainer:$BF16:$CG"
-group variants 100 --clips 512 --reps 2 --steps 3 --warmup 2 \
+step variants 100 --clips 512 --reps 2 --steps 3 --warmup 2 \
     --configs "cfL_trainer:$BF16:$C,cfL_trainer:$BF16:$C:bench.depthwise=conv,cfL_trainer:$BF16:$C:bench.dynamic_batch=false"
-group autotune 150 --clips 512 --reps 2 --steps 3 --warmup 2 \
+step autotune 150 --clips 512 --reps 2 --steps 3 --warmup 2 \
     --configs "cfL_trainer:$BF16:$C,cfL_trainer:$BF16:model.compile=true:model.compile_mode=max-autotune-no-cudagraphs"
 
 # ---- summary: every configuration's headline numbers and every target, from the JSON files written
@@ -136,5 +147,13 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "gpu_step_*.json"))):
         print(f"  {key}: {value:.3f}")
     for key, check in run["results"]["targets"].items():
         print(f"  target {key}: {check['value']:.3f} vs {check['target']}: {'met' if check['met'] else 'NOT met'}")
+loader = os.path.join(sys.argv[1], "gpu_loader.json")
+if os.path.isfile(loader):
+    run = json.load(open(loader))
+    packed = run["results"]["loader"]["packed"]
+    print(f"== gpu_loader.json: commit {run.get('commit')}: packed corpus, audio s/s (per CPU s) by num_workers: " + ", ".join(
+        f"{key[8:]}: {v['steady_audio_s_per_s']:.0f} ({v['audio_s_per_cpu_s']:.0f})" for key, v in packed.items() if key.startswith("workers_")))
+    for name, c in run["results"].get("against_training", {}).get("configs", {}).items():
+        print(f"  supply over {name}: {c['supply_ratio_best']:.2f}x (target 3x: {'met' if c['supply_at_least_3x'] else 'NOT met'})")
 EOF
 say "done in $(( $(date +%s) - START ))s"
