@@ -358,7 +358,7 @@ def bench_storage(args, scratch: str) -> Dict:
         }
         logging.info(f"storage {name}: {results['formats'][name]}")
 
-    # Raw int16 in one memory-mapped .npy shard: a crop is a slice, converted as the packed collater does.
+    # Raw int16 in one memory-mapped .npy shard: a crop is a slice, converted to float32 as every format is here.
     offsets = np.concatenate([[0], np.cumsum([len(c) for c in clips])])
     shard_path = os.path.join(scratch, "storage_shard.npy")
     np.save(shard_path, np.concatenate(clips))

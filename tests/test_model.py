@@ -89,6 +89,18 @@ def test_padding_mask_lengths_follow_each_clip():
     assert (~step_padding).sum(1).tolist() == [((1 + n // 320) // 4) for n in lengths.tolist()]
 
 
+def test_int16_pcm_input_gives_the_features_of_its_float_waveform():
+    """A packed corpus's batches are int16 16-bit PCM; the model reads them as soundfile reads 16-bit files."""
+    model = tiny_model().eval()
+    pcm = torch.randint(-32768, 32768, (2, 16000), dtype=torch.int16)
+    padding_mask = torch.arange(16000)[None, :] >= torch.tensor([16000, 9000])[:, None]
+    pcm = pcm.masked_fill(padding_mask, 0)
+    with torch.no_grad():
+        from_pcm, _ = model.extract_features(pcm, padding_mask)
+        from_float, _ = model.extract_features(pcm.double().div(32768).float(), padding_mask)
+    assert torch.equal(from_pcm, from_float)
+
+
 @pytest.mark.parametrize("feature_norm", ["layer", "global"])
 def test_batched_forward_equals_per_clip_forward_in_eval_mode(feature_norm):
     model = tiny_model(feature_norm=feature_norm).eval()

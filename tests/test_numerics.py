@@ -121,6 +121,12 @@ def test_nonfinite_loss_is_reported_with_the_clips_of_the_batch(caplog):
     with caplog.at_level(logging.ERROR):
         criterion(model, batch(silent_and_clipped(), names))
     assert "non-finite" not in caplog.text
+    # A packed corpus's int16 PCM batch is read at full scale 32768: a full-scale clip is not a suspect.
+    caplog.clear()
+    pcm = torch.full((2, 16000), -32768, dtype=torch.int16)
+    with caplog.at_level(logging.ERROR):
+        assert report_nonfinite_loss(torch.tensor(float("nan")), batch(pcm, names[:2]), model)
+    assert "non-finite loss nan in a batch of 2 clips" in caplog.text and "suspects" not in caplog.text
 
 
 def test_the_accelerator_check_runs_only_under_fairseqs_nan_detector():

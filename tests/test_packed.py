@@ -35,6 +35,7 @@ from fairseq_logmel_conformer.data.manifest_dataset import ManifestAudioDataset
 from fairseq_logmel_conformer.data.packed import UNIT_SCALE, PackedCorpusError
 from fairseq_logmel_conformer.data.packed_dataset import PackedAudioDataset
 from fairseq_logmel_conformer.data.shared_batches import RING_SLOTS
+from fairseq_logmel_conformer.modules.frontend import float_waveform
 from fairseq_logmel_conformer.tasks.labelled_audio import LabelledAudioConfig
 from fairseq_logmel_conformer.tasks.logmel_audio_classification import LogmelAudioClassificationTask
 from fairseq_logmel_conformer.tasks.logmel_pretraining import LogmelPretrainingConfig, LogmelPretrainingTask
@@ -88,7 +89,9 @@ def assert_same_batches(plain, packed):
     for a, b in zip(plain, packed):
         assert a.keys() == b.keys() and type(b) is dict
         assert torch.equal(a["id"], b["id"]) and a["clip_names"] == b["clip_names"]
-        assert torch.equal(a["net_input"]["source"], b["net_input"]["source"]), "samples or crops differ"
+        # Packed batches of 16-bit audio travel as int16 PCM, which the model's frontend makes the same floats.
+        assert b["net_input"]["source"].dtype == torch.int16
+        assert torch.equal(a["net_input"]["source"], float_waveform(b["net_input"]["source"])), "samples or crops differ"
         if a["net_input"]["padding_mask"] is None:
             assert b["net_input"]["padding_mask"] is None
         else:
@@ -206,7 +209,7 @@ def test_packing_reports_unreadable_clips_and_fine_tuning_labels_stay_aligned(la
             # The clip left out by packing moves every later item, yet each clip keeps its crop: crops follow the manifest entry.
             same = plain_train[plain_items[entry]]["source"]
             length = len(same)
-            assert torch.equal(batch["net_input"]["source"][row, :length], same)
+            assert torch.equal(float_waveform(batch["net_input"]["source"][row, :length]), same)
     # Validation (no clip left out) gives identical batches, targets included.
     assert_same_batches(batches(plain, "valid", 0, 1), batches(packed_task, "valid", 0, 1))
 
@@ -229,6 +232,13 @@ def test_resampled_and_above_full_scale_clips_are_stored_to_16_bits_without_clip
             assert scale > UNIT_SCALE and b.abs().max() > 1.4, "a float clip above full scale is not clipped"
         else:
             assert scale == UNIT_SCALE
+    # A batch holding a clip with a scale of its own is float32 with that clip's values; one without is int16 PCM.
+    hot = [i for i in range(2) if "hot" in plain.audio_path(i)]
+    for items, dtype in ((range(2), torch.float32), ([i for i in range(2) if i not in hot], torch.int16)):
+        batch = packed.collater(packed.__getitems__(list(items)))["net_input"]["source"]
+        assert batch.dtype == dtype
+        for row, i in enumerate(items):
+            assert torch.equal(float_waveform(batch[row]), packed[i]["source"])
 
 
 # --- damaged corpora ----------------------------------------------------------------------------------

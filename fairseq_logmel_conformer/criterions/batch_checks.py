@@ -10,6 +10,7 @@ import torch
 from fairseq import metrics
 
 from ..modules.compile import under_nan_detector
+from ..modules.frontend import float_waveform
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,11 @@ def report_nonfinite_loss(loss: torch.Tensor, sample: Dict, model: torch.nn.Modu
         return False
     if bool(torch.isfinite(loss).all()):
         return False
-    source = sample["net_input"]["source"]
+    source = float_waveform(sample["net_input"]["source"].detach())
     ids = sample["id"].tolist() if "id" in sample else list(range(source.shape[0]))
     names = sample.get("clip_names") or [f"id {i}" for i in ids]
     nonfinite = (~torch.isfinite(source)).flatten(1).any(1).tolist()
-    peaks = source.detach().float().abs().nan_to_num(0.0, posinf=0.0).flatten(1).amax(1).tolist()
+    peaks = source.abs().nan_to_num(0.0, posinf=0.0).flatten(1).amax(1).tolist()
     suspects = [f"{name} (NaN/Inf samples)" for name, bad in zip(names, nonfinite) if bad]
     suspects += [f"{name} (peak {peak:.3g})" for name, bad, peak in zip(names, nonfinite, peaks) if not bad and peak > 1.0]
     logger.error(

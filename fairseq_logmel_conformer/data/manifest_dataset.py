@@ -79,10 +79,11 @@ class AudioClipDataset(RawAudioDataset):
     batch of nothing but unreadable clips still raises: the audio has most
     likely become unavailable).
 
-    Collated batches hold ``net_input.source`` (B, S), ``net_input.padding_mask``
-    (B, S) True at padding (None when there is none), ``id`` (B,),
-    ``clip_names`` (``manifest:line`` of each clip, for error reports) and
-    ``unreadable_clips`` (int).
+    Collated batches hold ``net_input.source`` (B, S) float32 (int16 16-bit
+    PCM from a packed corpus, see :class:`~.packed_dataset.PackedAudioDataset`),
+    ``net_input.padding_mask`` (B, S) True at padding (None when there is
+    none), ``id`` (B,), ``clip_names`` (``manifest:line`` of each clip, for
+    error reports) and ``unreadable_clips`` (int).
     """
 
     def __init__(

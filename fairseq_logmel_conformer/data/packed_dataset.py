@@ -35,10 +35,13 @@ class PackedAudioDataset(AudioClipDataset):
 
     Batches are read in one pass: ``__getitems__`` (which torch's loader
     calls for a whole batch) returns each crop as a :class:`PackedSlice`, and
-    the collater converts the int16 slices straight into the batch tensor; in
-    a loader worker, all of the batch's tensors are views of one buffer that
-    the worker reuses (:mod:`.shared_batches`). ``dataset[i]`` returns the
-    float tensor, as the manifest dataset does.
+    the collater copies the int16 slices straight into the batch tensor,
+    which stays int16 (16-bit PCM, that the model's frontend converts on the
+    training device) unless a clip of the batch has a scale of its own (audio
+    above full scale; the batch is float32 then). In a loader worker, all of
+    the batch's tensors are views of one buffer that the worker reuses
+    (:mod:`.shared_batches`). ``dataset[i]`` returns the float tensor, as the
+    manifest dataset does.
 
     Building the dataset checks the files' sizes and headers and the CRC-32 of
     ``PROBED_ENTRIES`` clips spread over the split; a damaged corpus raises
@@ -129,18 +132,19 @@ class PackedAudioDataset(AudioClipDataset):
         counts = [s["source"].samples.shape[0] for s in samples]
         rows, width = len(samples), min(max(counts), self.max_sample_size)
         padded = any(count < width for count in counts)
-        specs = [((rows, width), torch.float32), ((rows,), torch.int64)] + ([((rows, width), torch.bool)] if padded else [])
-        (source, ids, *mask), lease = batch_tensors(specs)
-        # int16 -> float32 by torch's vectorised copy, then one multiply for the batch (two passes cost less
-        # than numpy's buffered cast-and-multiply); a clip with a scale of its own is multiplied on its own.
         scales = [float(s["source"].scale) for s in samples]
+        # Clips stored at the 16-bit PCM scale travel as int16 and become float on the training device (the
+        # model's frontend takes int16 as PCM): half the bytes to copy, share and transfer, and no conversion here.
+        pcm = all(scale == UNIT_SCALE for scale in scales)
+        dtype = torch.int16 if pcm else torch.float32
+        specs = [((rows, width), dtype), ((rows,), torch.int64)] + ([((rows, width), torch.bool)] if padded else [])
+        (source, ids, *mask), lease = batch_tensors(specs)
         for row, (sample, count) in enumerate(zip(samples, counts)):
             source[row, :count].copy_(torch.from_numpy(sample["source"].samples))
             if count < width:
                 source[row, count:] = 0
-        if all(scale == UNIT_SCALE for scale in scales):
-            source.mul_(float(UNIT_SCALE))
-        else:
+        if not pcm:
+            # A clip with a scale of its own (audio above full scale) makes the batch float32.
             for row, scale in enumerate(scales):
                 source[row].mul_(scale)
         ids.copy_(torch.tensor([s["id"] for s in samples]))

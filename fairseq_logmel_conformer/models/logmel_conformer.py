@@ -10,6 +10,9 @@ The encoder's surface, which fine-tuning, inference, export and HEAR use:
   its augmentations;
 - ``forward``: the masked pre-training pass.
 
+Every ``source`` is a (B, S) waveform, float or int16 16-bit PCM (a packed
+corpus's batches), converted to float by the frontend on the model's device.
+
 With ``compile`` on, training compiles the pass after the frontend (:meth:`masked_pass`) with
 ``torch.compile`` (see :mod:`~..modules.compile`); evaluation, inference and export stay eager.
 """

@@ -17,6 +17,13 @@ LOG_FLOOR = 1e-6
 FEATURE_NORMS = ("layer", "global")
 
 
+def float_waveform(waveform: torch.Tensor) -> torch.Tensor:
+    """A waveform as float32: int16 is 16-bit PCM (value / 32768, as soundfile reads 16-bit files), other dtypes keep their values."""
+    if waveform.dtype == torch.int16:
+        return waveform.float() / 32768.0
+    return waveform.float()
+
+
 def lengths_to_padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """Boolean (B, max_len) mask, True at padded positions."""
     return torch.arange(max_len, device=lengths.device)[None, :] >= lengths[:, None]
@@ -67,6 +74,9 @@ class StepGeometry:
 class LogmelFrontend(nn.Module):
     """Waveform (B, S) at ``sample_rate`` -> log-mel (B, T, n_mels).
 
+    The waveform is float (full scale 1) or int16 16-bit PCM (:func:`float_waveform`),
+    which a packed corpus's batches are: they become float here, on the device.
+
     The STFT is centred with zero ("constant") padding, so frame ``t`` covers
     samples ``[t*hop - win/2, t*hop + win/2)`` and a clip of ``S`` samples gives
     ``1 + S // hop`` frames. Zero padding (rather than reflection) makes the
@@ -106,7 +116,7 @@ class LogmelFrontend(nn.Module):
             raise ValueError(f"expected waveform of shape (B, S), got {list(waveform.shape)}")
         if torch.jit.is_scripting():
             # TorchScript needs a constant autocast device; scripted models run without autocast anyway.
-            mel = self.mel(waveform.float())
+            mel = self.mel(float_waveform(waveform))
         else:
             # The STFT runs in fp32 even under autocast or a model cast to half (fairseq's fp16/bf16):
             # fp16 power spectra overflow. .float() brings the window and filterbank back to fp32, once
@@ -114,7 +124,7 @@ class LogmelFrontend(nn.Module):
             if self.mel.spectrogram.window.dtype != torch.float32 or self.mel.mel_scale.fb.dtype != torch.float32:
                 self.mel.float()
             with torch.autocast(device_type=waveform.device.type, enabled=False):
-                mel = self.mel(waveform.float())
+                mel = self.mel(float_waveform(waveform))
         logmel = torch.log(mel + self.log_floor).transpose(1, 2)
         return logmel, (self.num_frames(lengths) if lengths is not None else None)
 
