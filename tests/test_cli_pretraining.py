@@ -122,3 +122,19 @@ def test_a_misspelt_config_name_says_no_such_config_and_lists_the_shipped_ones(t
     shipped = result.stderr.split("Configs shipped with fairseq_logmel_conformer: ", 1)[1].split(".\n", 1)[0].split(", ")
     assert {"pretrain_tiny", "pretrain_cfS", "finetune_esc50", "finetune_audioset_balanced"} <= set(shipped)
     assert "not in struct" not in result.stderr
+
+
+def test_composing_a_config_from_a_program_with_its_own_arguments_prints_nothing(tmp_path):
+    """The config-name check parses the command line as fairseq-hydra-train's; another program's arguments are not an error."""
+    script = (
+        "import os\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from fairseq_logmel_conformer import CONFIG_DIR\n"
+        "with initialize_config_dir(config_dir=os.path.join(CONFIG_DIR, 'pretraining'), version_base=None):\n"
+        "    print(compose(config_name='pretrain_tiny', overrides=['task.data=x']).task.data)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, "--sections", "loader", "--workers", "0"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout == "x\n", result.stderr
+    assert "usage" not in result.stderr and "unrecognized arguments" not in result.stderr, result.stderr

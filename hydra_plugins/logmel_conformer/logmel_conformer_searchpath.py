@@ -4,7 +4,9 @@ Hydra imports every module of the ``hydra_plugins`` namespace package when it
 starts. Importing ``fairseq_logmel_conformer`` here also registers the
 plugin's tasks, models and criteria before fairseq resolves the config.
 """
+import contextlib
 import difflib
+import io
 import os
 import sys
 from typing import List, Optional
@@ -52,7 +54,10 @@ def unknown_config_message(search_path: ConfigSearchPath) -> Optional[str]:
         from hydra._internal.config_search_path_impl import ConfigSearchPathImpl
         from hydra._internal.utils import get_args
 
-        args = get_args()
+        # In a program with a command line of its own (a script composing configs with Hydra's API, pytest) the
+        # parser fails; what it would print about it concerns Hydra's command line, not that program's.
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = get_args()
     except (ImportError, SystemExit):
         return None
     name = args.config_name
