@@ -130,21 +130,23 @@ def children_cpu_seconds() -> Dict[int, float]:
     return out
 
 
-def batch_memory_cost(samples: int, repeats: int = 30) -> Dict:
-    """CPU ms to fill one float32 batch of ``samples``: in new private memory, in new shared memory (what a loader
-    worker would hand over without a ring: the kernel allocates and zeroes each new shared page) and in a shared
-    buffer used again (what a worker's ring lends)."""
+def batch_memory_cost(samples: int, repeats: int = 30, dtype: torch.dtype = torch.int16) -> Dict:
+    """CPU ms to fill one batch of ``samples`` of ``dtype`` (int16: what the packed collater returns for 16-bit
+    audio): in new private memory, in new shared memory (what a loader worker would hand over without a ring: the
+    kernel allocates and zeroes each new shared page) and in a shared buffer used again (what a worker's ring lends)."""
     from fairseq_logmel_conformer.data.shared_batches import batch_tensors
 
+    nbytes = samples * torch.empty(0, dtype=dtype).element_size()
+
     def new_shared() -> torch.Tensor:
-        return torch.empty(0).set_(torch.UntypedStorage._new_shared(samples * 4), 0, (1, samples))
+        return torch.empty(0, dtype=dtype).set_(torch.UntypedStorage._new_shared(nbytes), 0, (1, samples))
 
     reused = new_shared()
-    out = {"batch_mb": samples * 4 / 1e6}
-    for name, allocate in (("private_ms", lambda: batch_tensors([((1, samples), torch.float32)])[0][0]), ("shared_ms", new_shared), ("reused_shared_ms", lambda: reused)):
+    out = {"batch_mb": nbytes / 1e6, "dtype": str(dtype).removeprefix("torch.")}
+    for name, allocate in (("private_ms", lambda: batch_tensors([((1, samples), dtype)])[0][0]), ("shared_ms", new_shared), ("reused_shared_ms", lambda: reused)):
         start = time.process_time()
         for _ in range(repeats):
-            allocate().fill_(1.0)
+            allocate().fill_(1)
         out[name] = (time.process_time() - start) / repeats * 1e3
     return out
 
@@ -659,7 +661,7 @@ def main(argv=None) -> None:
         results["against_training"]["train_results"] = os.path.relpath(train_path)
     if "batch_memory" in results:
         entry = results["batch_memory"]
-        print(f"one {entry['batch_mb']:.1f} MB batch: {entry['private_ms']:.2f} ms in new private memory, {entry['shared_ms']:.2f} ms "
+        print(f"one {entry['batch_mb']:.1f} MB {entry['dtype']} batch: {entry['private_ms']:.2f} ms in new private memory, {entry['shared_ms']:.2f} ms "
               f"in new shared memory, {entry['reused_shared_ms']:.2f} ms in a reused shared buffer")
     for name, entry in results.get("loader", {}).items():
         rates = ", ".join(

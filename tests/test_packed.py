@@ -32,7 +32,7 @@ from fairseq_logmel_conformer.cli.pack import main as pack_main
 from fairseq_logmel_conformer.data.labels import LabelVocabulary, read_label_file
 from fairseq_logmel_conformer.data.manifest import Manifest, PathList, _read_manifest_lines, read_manifest, write_manifest
 from fairseq_logmel_conformer.data.manifest_dataset import ManifestAudioDataset
-from fairseq_logmel_conformer.data.packed import UNIT_SCALE, PackedCorpusError
+from fairseq_logmel_conformer.data.packed import HEADER_BYTES, UNIT_SCALE, PackedCorpusError
 from fairseq_logmel_conformer.data.packed_dataset import PackedAudioDataset
 from fairseq_logmel_conformer.data.shared_batches import RING_SLOTS
 from fairseq_logmel_conformer.modules.frontend import float_waveform
@@ -263,6 +263,21 @@ def test_a_truncated_shard_is_named_when_the_corpus_is_opened_and_by_check(corpu
         PackedAudioDataset(copy, "train", RATE, **CROP)
     result = check(copy)
     assert result.status == 1 and f"{shard} is truncated" in result.stdout
+
+
+def test_a_shard_truncated_while_training_reads_it_is_named_in_the_error(corpus, tmp_path):
+    copy, meta = damaged_copy(corpus[1], tmp_path)
+    dataset = PackedAudioDataset(copy, "train", RATE, **CROP)
+    last = len(meta["shards"]) - 1
+    shard = os.path.join(copy, meta["shards"][last]["file"])
+    items = [i for i in range(len(dataset)) if dataset.crop_slice(i).shard == last]
+    samples = dataset.__getitems__(items)
+    # Read once (the shard opened), then cut its samples off, as a copy still in progress or a full disk would.
+    dataset.collater(samples)
+    with open(shard, "r+b") as f:
+        f.truncate(HEADER_BYTES)
+    with pytest.raises(PackedCorpusError, match=rf"{shard} ends at byte \d+, before sample \d+: truncated since it was opened\. Copy the file again"):
+        dataset.collater(samples)
 
 
 def test_a_corrupt_shard_is_named_with_its_damaged_clips(corpus, tmp_path):

@@ -1,4 +1,4 @@
-"""A packed corpus: decoded 16 kHz mono audio in a few large int16 shards plus an index, read by memory-mapped slices.
+"""A packed corpus: decoded 16 kHz mono audio in a few large int16 shards plus an index, read by offset: no decoding.
 
 ``logmel-pack`` writes one from fairseq manifests, into a folder that stands
 where the manifest folder stood (``task.data=PACKED_DIR``); per split:
@@ -109,7 +109,7 @@ def npy_header(num_samples: int) -> bytes:
 
 
 class PackedSplit:
-    """One packed split, opened: the index (memory-mapped), the shards (memory-mapped when first read).
+    """One packed split, opened: the index (memory-mapped), the shards (opened when first read).
 
     Opening checks that the index, the paths and every shard have the size and
     ``.npy`` header ``<split>.pack.json`` says, raising
@@ -143,6 +143,7 @@ class PackedSplit:
             self._check_file(path, shard["bytes"])
             self._check_shard_header(path, shard["samples"])
         self._shards: List[Optional[np.ndarray]] = [None] * len(self.shard_files)
+        self._files: List[Optional[io.FileIO]] = [None] * len(self.shard_files)
 
     def _check_file(self, path: str, expected_bytes: int) -> None:
         if not os.path.isfile(path):
@@ -193,6 +194,33 @@ class PackedSplit:
             # microseconds of subclass bookkeeping.
             mapped = self._shards[number] = np.load(self.shard_files[number], mmap_mode="c").view(np.ndarray)
         return mapped
+
+    def read_into(self, number: int, begin: int, out: np.ndarray) -> None:
+        """Copy ``len(out)`` samples of shard ``number``, from sample ``begin``, into ``out`` (contiguous int16).
+
+        One positioned read (``os.preadv``) from the page cache into ``out``. A
+        memory-mapped slice costs more in a loader worker: each worker is a new
+        process (every epoch, in fairseq) that faults in every page it touches,
+        and a shard truncated since it was opened raises SIGBUS there, where a
+        read raises :class:`PackedCorpusError` naming it.
+        """
+        if not hasattr(os, "preadv"):
+            out[:] = self.shard(number)[begin : begin + len(out)]
+            return
+        file = self._files[number]
+        if file is None:
+            # Unbuffered, positioned reads only: a worker forked with it open shares no file position with its parent.
+            file = self._files[number] = open(self.shard_files[number], "rb", buffering=0)
+        view = memoryview(out).cast("B")
+        start, done = HEADER_BYTES + SAMPLE_DTYPE.itemsize * begin, 0
+        while done < len(view):
+            got = os.preadv(file.fileno(), [view[done:]], start + done)
+            if got == 0:
+                raise PackedCorpusError(
+                    f"{self.shard_files[number]} ends at byte {start + done}, before sample {begin + len(out)}: "
+                    f"truncated since it was opened. {self.repair_hint()}"
+                )
+            done += got
 
     def clip_path(self, clip: int) -> str:
         return os.path.join(self.source_root, self.paths[clip])

@@ -1,4 +1,4 @@
-"""The clips of a packed corpus (:mod:`.packed`) as a training dataset: a crop is a slice of a memory-mapped shard."""
+"""The clips of a packed corpus (:mod:`.packed`) as a training dataset: a crop is one read at an offset of a shard."""
 import logging
 from dataclasses import dataclass
 from typing import Dict, List
@@ -15,13 +15,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class PackedSlice:
-    """A crop not yet read: int16 ``samples`` (a view of a memory-mapped shard) to be multiplied by ``scale``."""
+    """A crop not yet read: ``count`` int16 samples of shard ``shard`` of ``split`` from sample ``begin``, times ``scale``."""
 
-    samples: np.ndarray
+    split: PackedSplit
+    shard: int
+    begin: int
+    count: int
     scale: np.float32
 
+    def read_into(self, out: np.ndarray) -> None:
+        """The int16 samples, unscaled, into ``out`` (contiguous, ``(count,)``)."""
+        self.split.read_into(self.shard, self.begin, out)
+
     def read(self) -> torch.Tensor:
-        return torch.from_numpy(self.samples).to(torch.float32).mul_(float(self.scale))
+        """The samples as floats, ``(count,)``."""
+        samples = np.empty(self.count, dtype=np.int16)
+        self.read_into(samples)
+        return torch.from_numpy(samples).to(torch.float32).mul_(float(self.scale))
 
 
 class PackedAudioDataset(AudioClipDataset):
@@ -35,7 +45,7 @@ class PackedAudioDataset(AudioClipDataset):
 
     Batches are read in one pass: ``__getitems__`` (which torch's loader
     calls for a whole batch) returns each crop as a :class:`PackedSlice`, and
-    the collater copies the int16 slices straight into the batch tensor,
+    the collater reads the int16 samples straight into the batch tensor,
     which stays int16 (16-bit PCM, that the model's frontend converts on the
     training device) unless a clip of the batch has a scale of its own (audio
     above full scale; the batch is float32 then). In a loader worker, all of
@@ -99,7 +109,7 @@ class PackedAudioDataset(AudioClipDataset):
         """Item ``index``'s crop, not yet read."""
         start, count = self.crop(index, int(self._length[index]))
         begin = int(self._offset[index]) + start
-        return PackedSlice(self.packed.shard(int(self._shard[index]))[begin : begin + count], self._scale[index])
+        return PackedSlice(self.packed, int(self._shard[index]), begin, count, self._scale[index])
 
     def read_item(self, index: int) -> torch.Tensor:
         return self.crop_slice(index).read()
@@ -114,12 +124,12 @@ class PackedAudioDataset(AudioClipDataset):
         if long.any():
             starts[long] = crop_starts(self.seed, self.epoch, self.line_indices[items[long]], excess[long])
         begins = (self._offset[items] + starts).tolist()
-        ends = (np.array(begins) + np.minimum(lengths, self.max_sample_size)).tolist()
-        manifest = self.packed.source_manifest
+        counts = np.minimum(lengths, self.max_sample_size).tolist()
+        manifest, packed = self.packed.source_manifest, self.packed
         return [
-            {"id": index, "source": PackedSlice(self.packed.shard(shard)[begin:end], scale), "clip_name": f"{manifest}:{entry + 2}"}
-            for index, shard, begin, end, scale, entry in zip(
-                items.tolist(), self._shard[items].tolist(), begins, ends, self._scale[items], self.line_indices[items].tolist()
+            {"id": index, "source": PackedSlice(packed, shard, begin, count, scale), "clip_name": f"{manifest}:{entry + 2}"}
+            for index, shard, begin, count, scale, entry in zip(
+                items.tolist(), self._shard[items].tolist(), begins, counts, self._scale[items], self.line_indices[items].tolist()
             )
         ]
 
@@ -129,7 +139,7 @@ class PackedAudioDataset(AudioClipDataset):
         if self.num_buckets > 0 or not all(isinstance(s["source"], PackedSlice) for s in samples):
             return super().collater([{**s, "source": s["source"].read()} if isinstance(s["source"], PackedSlice) else s for s in samples])
         # What fairseq's RawAudioDataset.collater makes of the read crops (padded to the longest), in one pass.
-        counts = [s["source"].samples.shape[0] for s in samples]
+        counts = [s["source"].count for s in samples]
         rows, width = len(samples), min(max(counts), self.max_sample_size)
         padded = any(count < width for count in counts)
         scales = [float(s["source"].scale) for s in samples]
@@ -139,14 +149,15 @@ class PackedAudioDataset(AudioClipDataset):
         dtype = torch.int16 if pcm else torch.float32
         specs = [((rows, width), dtype), ((rows,), torch.int64)] + ([((rows, width), torch.bool)] if padded else [])
         (source, ids, *mask), lease = batch_tensors(specs)
+        rows_pcm = source.numpy() if pcm else None
         for row, (sample, count) in enumerate(zip(samples, counts)):
-            source[row, :count].copy_(torch.from_numpy(sample["source"].samples))
+            if pcm:
+                sample["source"].read_into(rows_pcm[row, :count])
+            else:
+                # A clip with a scale of its own (audio above full scale) makes the batch float32.
+                source[row, :count] = sample["source"].read()
             if count < width:
                 source[row, count:] = 0
-        if not pcm:
-            # A clip with a scale of its own (audio above full scale) makes the batch float32.
-            for row, scale in enumerate(scales):
-                source[row].mul_(scale)
         ids.copy_(torch.tensor([s["id"] for s in samples]))
         padding_mask = None
         if padded:
