@@ -4,8 +4,8 @@
     logmel-pack MANIFEST_DIR/train.tsv --out PACKED_DIR      # one split
     logmel-pack --check PACKED_DIR
 
-Training on a packed corpus decodes nothing: a random crop is a slice of a
-memory-mapped shard. Use it where decoding sets the pace (large corpora,
+Training on a packed corpus decodes nothing: a random crop is one read at an
+offset of a shard. Use it where decoding sets the pace (large corpora,
 compressed or 44.1/48 kHz audio, fast GPUs): give ``task.data=PACKED_DIR``
 where the manifest folder was; no other setting changes, and crops, batches and
 clip names are those of the manifests (same seed).
