@@ -186,13 +186,12 @@ class PackedSplit:
         return len(self.index)
 
     def shard(self, number: int) -> np.ndarray:
-        """Shard ``number``'s samples, memory-mapped (int16, read-only)."""
+        """Shard ``number``'s samples, memory-mapped (int16, read-only): what :meth:`read_into` copies from where
+        ``os.preadv`` is missing."""
         mapped = self._shards[number]
         if mapped is None:
-            # Copy-on-write ("c"): writable, so torch.from_numpy takes its slices without a warning; nothing writes
-            # to them, and a write would stay in this process. A plain ndarray view: slicing a np.memmap costs
-            # microseconds of subclass bookkeeping.
-            mapped = self._shards[number] = np.load(self.shard_files[number], mmap_mode="c").view(np.ndarray)
+            # A plain ndarray view: slicing a np.memmap costs microseconds of subclass bookkeeping.
+            mapped = self._shards[number] = np.load(self.shard_files[number], mmap_mode="r").view(np.ndarray)
         return mapped
 
     def read_into(self, number: int, begin: int, out: np.ndarray) -> None:
@@ -239,9 +238,9 @@ class PackedSplit:
     def clip_crc_problem(self, clip: int) -> Optional[str]:
         """None if clip ``clip``'s samples have the CRC-32 of the index, else a message naming its shard."""
         record = self.index[clip]
-        begin = int(record["offset"])
-        samples = self.shard(int(record["shard"]))[begin : begin + int(record["length"])]
-        if zlib.crc32(np.ascontiguousarray(samples)) == int(record["crc32"]):
+        samples = np.empty(int(record["length"]), dtype=SAMPLE_DTYPE)
+        self.read_into(int(record["shard"]), int(record["offset"]), samples)
+        if zlib.crc32(samples) == int(record["crc32"]):
             return None
         return f"{self.describe_clip(clip)}: corrupt, its samples do not have the CRC-32 of the index"
 
