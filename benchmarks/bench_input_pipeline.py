@@ -7,10 +7,12 @@ Sections (``--sections``, default ``loader,frontend``):
   ``--formats`` at each ``--source-rates`` (other rates are resampled to 16 kHz
   when read); ``packed`` is the generated clips packed by ``logmel-pack``
   (``--packed-clips`` manifest entries) and read by the same task. The
-  configurations take turns (``--repeats`` rounds, the order rotating) and each
-  reports the median epoch, in audio seconds per wall second and per CPU second
-  (the loader's processes together: the rate per core, whatever else the machine
-  runs); also one clip read alone (``dataset[i]``) and decoding alone.
+  configurations take turns (``--repeats`` rounds, the order rotating; in each,
+  one iterator runs ``--epochs`` epochs, keeping its workers as training does) and each
+  reports the median epoch, and the median of the epochs after a loader's first, in
+  audio seconds per wall second and per CPU second (the loader's processes
+  together: the rate per core, whatever else the machine runs); also one clip read
+  alone (``dataset[i]``) and decoding alone.
 * ``frontend``: the log-mel frontend alone on the CPU and (``--device cuda``) on the device.
 * ``storage``: real audio (``--real-audio`` folders) stored as raw int16 (a
   memory-mapped shard, a crop is a slice) against compressed alternatives (FLAC
@@ -154,14 +156,16 @@ def batch_memory_cost(samples: int, repeats: int = 30, dtype: torch.dtype = torc
 # ----------------------------------------------------------------------------- loader
 
 
-def loader_epoch(task, cfg, num_workers: int, epoch: int) -> Dict:
-    """One epoch through fairseq's batch iterator: audio seconds delivered, total and after the first batch."""
-    dataset = task.dataset("train")
-    main_cpu_start = cpu_seconds(resource.RUSAGE_SELF)
-    workers_cpu_start = children_cpu_seconds()
-    start = time.perf_counter()
-    iterator = task.get_batch_iterator(
-        dataset=dataset,
+def epoch_iterator(task, cfg, num_workers: int, epoch: int):
+    """fairseq's epoch batch iterator over the train split, as the trainer builds it once for a run.
+
+    It keeps its loader, and the loader its worker processes, from one epoch to the
+    next (fairseq's ``reuse_dataloader`` and ``persistent_workers``, on by
+    default). ``disable_iterator_cache`` only keeps the task from handing back the
+    iterator of another configuration of the same dataset.
+    """
+    return task.get_batch_iterator(
+        dataset=task.dataset("train"),
         max_tokens=cfg.dataset.max_tokens,
         max_sentences=cfg.dataset.batch_size,
         ignore_invalid_inputs=True,
@@ -171,7 +175,15 @@ def loader_epoch(task, cfg, num_workers: int, epoch: int) -> Dict:
         epoch=epoch,
         data_buffer_size=cfg.dataset.data_buffer_size,
         disable_iterator_cache=True,
-    ).next_epoch_itr(shuffle=True)
+    )
+
+
+def loader_epoch(epochs) -> Dict:
+    """The next epoch of the epoch batch iterator ``epochs``: audio seconds delivered, total and after the first batch."""
+    main_cpu_start = cpu_seconds(resource.RUSAGE_SELF)
+    workers_cpu_start = children_cpu_seconds()
+    start = time.perf_counter()
+    iterator = epochs.next_epoch_itr(shuffle=True)
     audio, first_audio, first_batch_s, batches = 0.0, 0.0, None, 0
     for batch in iterator:
         padding = batch["net_input"]["padding_mask"]
@@ -183,11 +195,9 @@ def loader_epoch(task, cfg, num_workers: int, epoch: int) -> Dict:
     total_s = time.perf_counter() - start
     main_cpu_s = cpu_seconds(resource.RUSAGE_SELF) - main_cpu_start
     workers_cpu_s = sum(cpu - workers_cpu_start.get(pid, 0.0) for pid, cpu in children_cpu_seconds().items())
-    # Free this epoch's loader now: a forked worker of the next one would otherwise inherit it and try to shut it down.
-    del iterator
-    gc.collect()
     cpu_s = main_cpu_s + workers_cpu_s
     return {
+        "epoch": epochs.epoch,
         "audio_s": audio,
         "batches": batches,
         "seconds": total_s,
@@ -250,24 +260,34 @@ def bench_loaders(args, scratch: str) -> Dict:
             configs[f"{extension}_{rate}hz"] = setup_loader(args, extension, corpus)
     runs = [(name, workers) for name in configs for workers in csv(args.workers, int)]
     epochs: Dict = {run: [] for run in runs}
-    epoch = 0
+    first_epoch = 1
     for round_number in range(args.repeats):
         shift = round_number % len(runs)
         for name, workers in runs[shift:] + runs[:shift]:
             config = configs[name]
+            iterator = epoch_iterator(config["task"], config["cfg"], workers, first_epoch)
             for _ in range(args.epochs):
-                epoch += 1
-                epochs[(name, workers)].append(loader_epoch(config["task"], config["cfg"], workers, epoch))
+                epochs[(name, workers)].append({**loader_epoch(iterator), "loader_epoch": len(epochs[(name, workers)]) % args.epochs + 1})
+            # Shut this loader's workers down now: a forked worker of the next loader would otherwise inherit it.
+            del iterator
+            gc.collect()
+            first_epoch += args.epochs
             logging.info(f"{name} workers={workers}: {epochs[(name, workers)][-1]['audio_s_per_s']:.0f} audio s/s")
     results = {}
     for name, config in configs.items():
         entry = config["results"]
         for workers in csv(args.workers, int):
             runs_of = epochs[(name, workers)]
+            later = [e for e in runs_of if e["loader_epoch"] > 1]
             entry[f"workers_{workers}"] = {
                 "audio_s_per_s": median([e["audio_s_per_s"] for e in runs_of]),
                 "steady_audio_s_per_s": median([e["steady_audio_s_per_s"] for e in runs_of]),
                 "audio_s_per_cpu_s": median([e["audio_s_per_cpu_s"] for e in runs_of]),
+                # Epochs after a loader's first: its workers already run, as in every epoch of a run but its first.
+                "later_epochs": {
+                    "audio_s_per_s": median([e["audio_s_per_s"] for e in later]),
+                    "audio_s_per_cpu_s": median([e["audio_s_per_cpu_s"] for e in later]),
+                } if later else None,
                 "epochs": runs_of,
             }
         results[name] = entry
@@ -612,15 +632,17 @@ def bench_frontend(args, device: str) -> Dict:
     return {**summary, "batch_audio_s": audio, "audio_s_per_s": audio / summary["median_s"]}
 
 
+def supply_rate(workers_entry: Dict) -> float:
+    """What a loader configuration supplies through a run: its epochs after the first (workers running), else all."""
+    later = workers_entry.get("later_epochs")
+    return later["audio_s_per_s"] if later else workers_entry["audio_s_per_s"]
+
+
 def compare_with_training(results: Dict, train: Dict, device: str) -> Dict:
     """Supply over consumption for each training configuration, and the frontend's share of each step."""
     consumption = {name: c["audio_s_per_s"] for name, c in train["results"]["configs"].items() if "audio_s_per_s" in c}
-    best_loader = max(
-        entry[key]["audio_s_per_s"] for entry in results["loader"].values() for key in entry if key.startswith("workers_")
-    )
-    worst_case = min(
-        max(entry[key]["audio_s_per_s"] for key in entry if key.startswith("workers_")) for entry in results["loader"].values()
-    )
+    best_loader = max(supply_rate(entry[key]) for entry in results["loader"].values() for key in entry if key.startswith("workers_"))
+    worst_case = min(max(supply_rate(entry[key]) for key in entry if key.startswith("workers_")) for entry in results["loader"].values())
     frontend_rate = results["frontend"][device]["audio_s_per_s"]
     out = {"train_results_device": train["machine"].get("gpu") or train["machine"]["cpu"], "configs": {}}
     for name, rate in consumption.items():
@@ -665,7 +687,9 @@ def main(argv=None) -> None:
               f"in new shared memory, {entry['reused_shared_ms']:.2f} ms in a reused shared buffer")
     for name, entry in results.get("loader", {}).items():
         rates = ", ".join(
-            f"{k}: {v['audio_s_per_s']:.0f} ({v['audio_s_per_cpu_s']:.0f} per CPU s)" for k, v in entry.items() if k.startswith("workers_")
+            f"{k}: {v['audio_s_per_s']:.0f} ({v['audio_s_per_cpu_s']:.0f} per CPU s"
+            + (f"; after a loader's first epoch {v['later_epochs']['audio_s_per_s']:.0f}" if v["later_epochs"] else "") + ")"
+            for k, v in entry.items() if k.startswith("workers_")
         )
         print(f"loader {name}: read one clip {entry['read_clip']['audio_s_per_s']:.0f} audio s/s; {rates}")
     for name, ratios in results.get("packed_over_decoding", {}).items():
@@ -685,7 +709,9 @@ def main(argv=None) -> None:
     settings = {k: v for k, v in vars(args).items() if k != "output"}
     settings["threads_used"] = torch.get_num_threads()
     notes = [
-        "Loader rates count valid (unpadded) samples; the first batch includes worker start-up, steady_* leaves it out.",
+        "Loader rates count valid (unpadded) samples. Each configuration builds fairseq's epoch iterator once a round and "
+        "runs --epochs epochs through it, keeping its loader and workers as training does; the first batch of a loader's "
+        "first epoch includes worker start-up, steady_* leaves it out, later_epochs are the epochs after its first.",
         "audio_s_per_cpu_s: audio seconds per CPU second of the loader's processes (the main process with its threads, "
         "and the workers, read from /proc at the end of the epoch): the rate per core whatever else runs on the machine.",
     ]

@@ -151,8 +151,9 @@ loader = os.path.join(sys.argv[1], "gpu_loader.json")
 if os.path.isfile(loader):
     run = json.load(open(loader))
     packed = run["results"]["loader"]["packed"]
-    print(f"== gpu_loader.json: commit {run.get('commit')}: packed corpus, audio s/s (per CPU s) by num_workers: " + ", ".join(
-        f"{key[8:]}: {v['steady_audio_s_per_s']:.0f} ({v['audio_s_per_cpu_s']:.0f})" for key, v in packed.items() if key.startswith("workers_")))
+    print(f"== gpu_loader.json: commit {run.get('commit')}: packed corpus, audio s/s (per CPU s) by num_workers, epochs after a loader's first: " + ", ".join(
+        f"{key[8:]}: {(v['later_epochs'] or v)['audio_s_per_s']:.0f} ({(v['later_epochs'] or v)['audio_s_per_cpu_s']:.0f})"
+        for key, v in packed.items() if key.startswith("workers_")))
     for name, c in run["results"].get("against_training", {}).get("configs", {}).items():
         print(f"  supply over {name}: {c['supply_ratio_best']:.2f}x (target 3x: {'met' if c['supply_at_least_3x'] else 'NOT met'})")
 EOF

@@ -129,6 +129,25 @@ def test_packed_and_plain_pretraining_splits_give_identical_batches_and_crops(co
     assert not torch.equal(*crops), "crops should change with the epoch"
 
 
+def test_a_loader_worker_that_does_not_fork_opens_the_packed_split_itself(corpus):
+    """spawn is macOS's default start method and forkserver Linux's from Python 3.14: the dataset must pickle."""
+    _, packed = corpus
+    task = LogmelPretrainingTask(LogmelPretrainingConfig(data=packed, seed=3, **CROP))
+    task.load_dataset("train")
+    dataset = task.dataset("train")
+    dataset.set_epoch(2)
+    batch_sampler = [batch.tolist() for batch in dataset.batch_by_size(dataset.ordered_indices(), max_tokens=48000)]
+
+    def epoch(**kwargs):
+        return list(torch.utils.data.DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=dataset.collater, **kwargs))
+
+    reference = epoch(num_workers=0)
+    spawned = epoch(num_workers=1, multiprocessing_context="spawn")
+    assert len(reference) == len(spawned) > 1
+    for a, b in zip(reference, spawned):
+        assert torch.equal(a["id"], b["id"]) and torch.equal(a["net_input"]["source"], b["net_input"]["source"])
+
+
 def shared_file(tensor):
     """The shared-memory file behind a tensor that a loader worker sent: the inode of its mapping (never reused)."""
     address = tensor.untyped_storage().data_ptr()

@@ -145,6 +145,11 @@ class PackedSplit:
         self._shards: List[Optional[np.ndarray]] = [None] * len(self.shard_files)
         self._files: List[Optional[io.FileIO]] = [None] * len(self.shard_files)
 
+    def __reduce__(self):
+        # Sent to a loader worker that does not fork (spawn, forkserver): the worker opens the split itself,
+        # with the same checks, rather than receiving copies of memory-mapped arrays and open files.
+        return PackedSplit, (self.folder, self.split)
+
     def _check_file(self, path: str, expected_bytes: int) -> None:
         if not os.path.isfile(path):
             raise PackedCorpusError(f"{path} is missing; {self.meta_file} lists it. {self.repair_hint()}")
@@ -198,10 +203,11 @@ class PackedSplit:
         """Copy ``len(out)`` samples of shard ``number``, from sample ``begin``, into ``out`` (contiguous int16).
 
         One positioned read (``os.preadv``) from the page cache into ``out``. A
-        memory-mapped slice costs more in a loader worker: each worker is a new
-        process (every epoch, in fairseq) that faults in every page it touches,
-        and a shard truncated since it was opened raises SIGBUS there, where a
-        read raises :class:`PackedCorpusError` naming it.
+        memory-mapped slice costs more: a process faults in each page the first
+        time it touches it (a loader worker starts with no pages mapped, and a
+        corpus larger than memory keeps evicting them), and a shard truncated
+        since it was opened raises SIGBUS there, where a read raises
+        :class:`PackedCorpusError` naming it.
         """
         if not hasattr(os, "preadv"):
             out[:] = self.shard(number)[begin : begin + len(out)]
