@@ -266,8 +266,8 @@ def bench_loaders(args, scratch: str) -> Dict:
         for name, workers in runs[shift:] + runs[:shift]:
             config = configs[name]
             iterator = epoch_iterator(config["task"], config["cfg"], workers, first_epoch)
-            for _ in range(args.epochs):
-                epochs[(name, workers)].append({**loader_epoch(iterator), "loader_epoch": len(epochs[(name, workers)]) % args.epochs + 1})
+            for loader_epoch_number in range(1, args.epochs + 1):
+                epochs[(name, workers)].append({**loader_epoch(iterator), "loader_epoch": loader_epoch_number})
             # Shut this loader's workers down now: a forked worker of the next loader would otherwise inherit it.
             del iterator
             gc.collect()
