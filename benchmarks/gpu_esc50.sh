@@ -8,7 +8,8 @@
 # the call: pre-training for PRETRAIN_MINUTES (default 2.5) of wall time (the learning rate decays over 2,000 updates,
 # of which one H200 takes about 1,700 in that time on either audio set), then the ten fine-tuning runs (five folds,
 # pre-trained and scratch, seed 1) of 1,000 updates side by side on the card, then logmel-evaluate on each held-out
-# fold. BENCHMARK_ARGS go to the benchmark, e.g. --finetune-train-fraction 0.2 --name esc50_cfS_h200_sfx_labels20.
+# fold, and residual_scale.py on the pre-trained checkpoint. BENCHMARK_ARGS go to the benchmark, e.g.
+# --finetune-train-fraction 0.2 --name esc50_cfS_h200_sfx_labels20.
 # Results (JSON with commit, machine and settings, a table, a figure) and the log go to $OUT, or to the study's
 # results folder. Runtime, estimated from an earlier run of the same benchmark on one H200 (3.25 minutes of
 # pre-training, fine-tuning 293 s, 585 s in all): set-up and decoding 60 s, pre-training 2.5 min + 20 s start,
@@ -56,4 +57,8 @@ python3 -m benchmarks.esc50_pretrain_vs_scratch --esc50-dir "$DECODED/esc50" --u
     --finetune-updates 1000 --name "esc50_cfS_$(echo "$AUDIO" | tr + _)" \
     --note "audio carried as Ogg Opus (benchmarks/device_audio.py, compression level 0.98, about 12 kbit/s), decoded to FLAC" \
     "$@" 2>&1 | tee -a "$LOG"
+# Whether pre-training grew the first block's input, as it did the small model's (the study's finding 12): seconds on CPU.
+python3 experiments/esc50_pretrain_vs_scratch/residual_scale.py /tmp/esc/pretrain_cfS_*/checkpoints/checkpoint_last.pt \
+    --audio-dir "$DECODED/esc50/audio" --output "$RESULTS/residual_scale_cfS_$(echo "$AUDIO" | tr + _).json" >>"$LOG" 2>&1 \
+    || say "residual_scale.py failed (see $LOG)"
 say "done"

@@ -69,25 +69,6 @@ def test_cfL_uses_the_paper_kernels_and_widths():
     assert model.frontend.win_length == 1024 and model.frontend.hop_length == 320 and model.frontend.n_mels == 64
 
 
-@torch.no_grad()
-def test_input_layer_norm_gives_the_first_block_an_input_of_unit_scale_whatever_the_projection():
-    """model.input_layer_norm: scaling the input projection (as pre-training may) leaves the features unchanged with
-    it and changes them without it; it adds the norm's 2 d parameters and scripts for export."""
-    source = torch.randn(2, 16000)
-    for input_layer_norm in (False, True):
-        model = tiny_model(input_layer_norm=input_layer_norm).eval()
-        before, _ = model.extract_features(source)
-        model.context_encoder.proj_in.weight.mul_(10.0)
-        model.context_encoder.proj_in.bias.mul_(10.0)
-        after, _ = model.extract_features(source)
-        assert torch.allclose(before, after, atol=1e-4) == input_layer_norm
-    plain = sum(p.numel() for p in tiny_model().parameters())
-    assert sum(p.numel() for p in model.parameters()) == plain + 2 * model.cfg.encoder_dim
-    scripted = torch.jit.script(model.context_encoder)
-    latents = torch.randn(2, 12, model.cfg.latent_dim)
-    torch.testing.assert_close(scripted(latents, None, False), model.context_encoder(latents, None, project=False))
-
-
 @pytest.mark.parametrize("num_samples", [960, 1279, 16001, 23457])
 def test_output_shapes_for_odd_lengths(num_samples):
     model = tiny_model().eval()

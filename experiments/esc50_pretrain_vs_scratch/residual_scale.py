@@ -14,6 +14,7 @@ Clips: every ``--every``-th file of ``--audio-dir`` in name order, their first
 """
 import argparse
 import glob
+import json
 import os
 import sys
 from typing import Dict, List
@@ -23,7 +24,7 @@ from omegaconf import OmegaConf
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPOSITORY)
-from benchmarks.common import write_json  # noqa: E402
+from benchmarks.common import provenance  # noqa: E402
 from fairseq_logmel_conformer.data.audio import read_audio  # noqa: E402
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel  # noqa: E402
 
@@ -96,8 +97,16 @@ def main() -> None:
             for index, block in enumerate(scales["blocks"]):
                 print(f"    block {index + 1}: " + ", ".join(f"{key} {value}" for key, value in block.items()))
     if args.output:
-        settings = {**vars(args), "clips": len(files)}
-        write_json(args.output, "residual_scale", settings, results, "cpu")
+        payload = {
+            **provenance("residual_scale", "cpu"),
+            "command": " ".join(["python", *sys.argv]),
+            "settings": {**vars(args), "clips": len(files)},
+            "results": results,
+        }
+        with open(args.output, "w") as f:
+            json.dump(payload, f, indent=1)
+            f.write("\n")
+        print(f"wrote {args.output}")
 
 
 if __name__ == "__main__":

@@ -80,14 +80,6 @@ class LogmelConformerConfig(FairseqDataclass):
     first_kernel_size: int = field(default=31, metadata={"help": "depthwise convolution kernel of the first block"})
     kernel_size: int = field(default=15, metadata={"help": "depthwise convolution kernel of the other blocks"})
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the conformer blocks"})
-    input_layer_norm: bool = field(
-        default=False,
-        metadata={
-            "help": "layer-normalise the conformer's projected input, as wav2vec 2.0's encoder does, so that the first "
-            "block's input has unit scale like every later block's; without it (the paper's conformer) pre-training "
-            "is free to grow that input, which leaves the first block's updates a smaller effect"
-        },
-    )
     mask_prob: float = field(default=0.3, metadata={"help": "expected fraction of latent steps masked during pre-training"})
     mask_length: int = field(default=3, metadata={"help": "length of each masked span, in latent steps (80 ms each)"})
     compile: bool = field(default=False, metadata={"help": COMPILE_HELP})
@@ -108,8 +100,7 @@ class LogmelConformerModel(BaseFairseqModel):
         self.mask_embedding = nn.Parameter(torch.empty(cfg.latent_dim).uniform_())
         kernel_sizes = [cfg.first_kernel_size] + [cfg.kernel_size] * (cfg.encoder_layers - 1)
         self.context_encoder = ConformerContextEncoder(
-            cfg.latent_dim, cfg.encoder_dim, cfg.encoder_ffn_dim, cfg.encoder_heads, kernel_sizes, cfg.dropout,
-            cfg.input_layer_norm,
+            cfg.latent_dim, cfg.encoder_dim, cfg.encoder_ffn_dim, cfg.encoder_heads, kernel_sizes, cfg.dropout
         )
         # Plain numbers for the compiled pass: a traced read of fairseq's omegaconf config would run its Python.
         self.mask_prob = float(cfg.mask_prob)

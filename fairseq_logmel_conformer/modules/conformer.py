@@ -124,18 +124,13 @@ class ConformerContextEncoder(nn.Module):
 
     No positional encoding: the depthwise convolutions provide position.
     ``kernel_sizes`` gives each layer's depthwise kernel (the paper: 31 then 15).
-    ``input_norm`` layer-normalises the projected input, so that the first block, like every later one (each block
-    ends in a layer norm), receives activations of unit scale.
     """
 
-    def __init__(
-        self, in_dim: int, dim: int, ffn_dim: int, num_heads: int, kernel_sizes: List[int], dropout: float, input_norm: bool = False
-    ):
+    def __init__(self, in_dim: int, dim: int, ffn_dim: int, num_heads: int, kernel_sizes: List[int], dropout: float):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"encoder dim {dim} is not divisible by {num_heads} heads")
         self.proj_in = nn.Linear(in_dim, dim)
-        self.input_norm = nn.LayerNorm(dim) if input_norm else None
         self.layers = nn.ModuleList(
             ConvFirstConformerLayer(dim, ffn_dim, num_heads, k, dropout) for k in kernel_sizes
         )
@@ -145,8 +140,6 @@ class ConformerContextEncoder(nn.Module):
         """(B, T, in_dim) -> (B, T, in_dim), or (B, T, dim) when ``project`` is False."""
         # Contiguous (T, B, D) from the start: a transposed view would make the first block's ops copy it, one by one.
         x = self.proj_in(x.transpose(0, 1).contiguous())
-        if self.input_norm is not None:
-            x = self.input_norm(x)
         for layer in self.layers:
             x = layer(x, padding_mask)
         if project:
