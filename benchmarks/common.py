@@ -164,12 +164,15 @@ def git_commit() -> Optional[str]:
         return os.environ.get("LOGMEL_GIT_COMMIT")
 
 
-def provenance(benchmark: str, device: str, argv: Optional[Sequence[str]] = None) -> Dict:
-    """What ran and where: the command line (``argv``, default the process's), the commit, the date and the machine."""
-    arguments = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
+def provenance(benchmark: str, device: str, argv: Optional[Sequence[str]] = None, command: Optional[str] = None) -> Dict:
+    """What ran and where: the command line (``python -m benchmarks.<benchmark>`` with ``argv``, default the process's;
+    or ``command``, for a program that is not a module of ``benchmarks``), the commit, the date and the machine."""
+    if command is None:
+        arguments = sys.argv[1:] if argv is None else [str(argument) for argument in argv]
+        command = " ".join([os.path.basename(sys.executable), "-m", f"benchmarks.{benchmark}", *arguments])
     return {
         "benchmark": benchmark,
-        "command": " ".join([os.path.basename(sys.executable), "-m", f"benchmarks.{benchmark}", *arguments]),
+        "command": command,
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_description(device),
@@ -177,11 +180,12 @@ def provenance(benchmark: str, device: str, argv: Optional[Sequence[str]] = None
 
 
 def write_json(
-    path: str, benchmark: str, settings: Dict, results, device: str, notes: Sequence[str] = (), argv: Optional[Sequence[str]] = None
+    path: str, benchmark: str, settings: Dict, results, device: str, notes: Sequence[str] = (), argv: Optional[Sequence[str]] = None,
+    command: Optional[str] = None,
 ) -> None:
-    """Write one benchmark run: what ran (command, commit, settings), where (machine), and its results."""
+    """Write one benchmark run: what ran (command, commit, settings; see :func:`provenance`), where (machine), and its results."""
     payload = {
-        **provenance(benchmark, device, argv),
+        **provenance(benchmark, device, argv, command),
         "settings": settings,
         "notes": list(notes),
         "results": results,

@@ -8,13 +8,13 @@ Each block computes x + ffn1/2 + conv + attention + ffn2/2 and layer-normalises 
 own inputs. The final layer norm divides by the sum's scale, so the larger that sum, the less a step of a given size
 on the block's modules, or on what feeds x, changes the block's output. Per block, in eval mode: the root mean square
 of its input x, of the half-step feed-forward outputs and the convolution module's output (read by forward hooks), and
-of the sum before the final layer norm (the attention output is the rest of that sum); also that of the latent Z.
+of the sum before the final layer norm (the attention output is the rest of that sum); also that of the latent Z
+(the feature encoder's output).
 Clips: every ``--every``-th file of ``--audio-dir`` in name order, their first
 ``--seconds`` (shorter ones zero-padded, unmasked: the same for both models).
 """
 import argparse
 import glob
-import json
 import os
 import sys
 from typing import Dict, List
@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPOSITORY)
-from benchmarks.common import provenance  # noqa: E402
+from benchmarks.common import write_json  # noqa: E402
 from fairseq_logmel_conformer.data.audio import read_audio  # noqa: E402
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel  # noqa: E402
 
@@ -37,7 +37,8 @@ def rms(tensor: torch.Tensor) -> float:
 def block_scales(model: LogmelConformerModel, source: torch.Tensor) -> Dict:
     """{"latent_rms": .., "blocks": [{input, ffn1_half, conv, ffn2_half, sum}, ...]} for a (B, S) batch."""
     blocks: List[Dict[str, float]] = [{} for _ in model.context_encoder.layers]
-    hooks = []
+    latent: Dict[str, float] = {}
+    hooks = [model.feature_encoder.register_forward_hook(lambda module, inputs, output: latent.update(rms=rms(output[0])))]
 
     def record(index: int, key: str, scale: float = 1.0, of_input: bool = False):
         def hook(module, inputs, output=None):
@@ -54,12 +55,11 @@ def block_scales(model: LogmelConformerModel, source: torch.Tensor) -> Dict:
             layer.final_layer_norm.register_forward_pre_hook(record(index, "sum", of_input=True)),
         ]
     try:
-        latents, _ = model.latents(*model.logmel(source))
         model.extract_features(source)
     finally:
         for hook in hooks:
             hook.remove()
-    return {"latent_rms": rms(latents), "blocks": blocks}
+    return {"latent_rms": latent["rms"], "blocks": blocks}
 
 
 def main() -> None:
@@ -97,16 +97,8 @@ def main() -> None:
             for index, block in enumerate(scales["blocks"]):
                 print(f"    block {index + 1}: " + ", ".join(f"{key} {value}" for key, value in block.items()))
     if args.output:
-        payload = {
-            **provenance("residual_scale", "cpu"),
-            "command": " ".join(["python", *sys.argv]),
-            "settings": {**vars(args), "clips": len(files)},
-            "results": results,
-        }
-        with open(args.output, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.output}")
+        settings = {**vars(args), "clips": len(files)}
+        write_json(args.output, "residual_scale", settings, results, "cpu", command=" ".join(["python", *sys.argv]))
 
 
 if __name__ == "__main__":
