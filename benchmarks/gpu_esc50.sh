@@ -50,15 +50,22 @@ for set in esc50 ${AUDIO//+/ }; do
 done
 say "decoded esc50 and $AUDIO"
 
-python3 -m benchmarks.esc50_pretrain_vs_scratch --esc50-dir "$DECODED/esc50" --unlabeled-dir "${unlabeled[@]}" \
+SLUG=$(echo "$AUDIO" | tr + _)
+if python3 -m benchmarks.esc50_pretrain_vs_scratch --esc50-dir "$DECODED/esc50" --unlabeled-dir "${unlabeled[@]}" \
     --work-dir /tmp/esc --results-dir "$RESULTS" --subset esc50 --folds 1 2 3 4 5 --config cfS \
     --device cuda --precision bf16 --jobs 10 --pretrain-minutes "${PRETRAIN_MINUTES:-2.5}" --pretrain-updates 2000 \
     --pretrain-override lr_scheduler.warmup_updates=250 checkpoint.save_interval=1000000 dataset.validate_interval=10 \
-    --finetune-updates 1000 --name "esc50_cfS_$(echo "$AUDIO" | tr + _)" \
+    --finetune-updates 1000 --name "esc50_cfS_$SLUG" \
     --note "audio carried as Ogg Opus (benchmarks/device_audio.py, compression level 0.98, about 12 kbit/s), decoded to FLAC" \
-    "$@" 2>&1 | tee -a "$LOG"
-# Whether pre-training grew the first block's input, as it did the small model's (the study's finding 12): seconds on CPU.
-python3 experiments/esc50_pretrain_vs_scratch/residual_scale.py /tmp/esc/pretrain_cfS_*/checkpoints/checkpoint_last.pt \
-    --audio-dir "$DECODED/esc50/audio" --output "$RESULTS/residual_scale_cfS_$(echo "$AUDIO" | tr + _).json" >>"$LOG" 2>&1 \
-    || say "residual_scale.py failed (see $LOG)"
+    "$@" 2>&1 | tee -a "$LOG"; then
+    # Whether pre-training grew the first block's input, as it did the small model's (the study's finding 12): seconds
+    # on CPU. The checkpoint is the one the results file just written names (the newest: BENCHMARK_ARGS may rename it);
+    # a glob over /tmp/esc would also take an earlier call's pre-training on a machine kept warm.
+    CHECKPOINT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["results"]["pretraining"]["checkpoint"])' \
+        "$(ls -t "$RESULTS"/*.json | head -1)")
+    python3 experiments/esc50_pretrain_vs_scratch/residual_scale.py "$CHECKPOINT" --audio-dir "$DECODED/esc50/audio" \
+        --output "$RESULTS/residual_scale_cfS_$SLUG.json" >>"$LOG" 2>&1 || say "residual_scale.py failed (see $LOG)"
+else
+    say "the benchmark failed (see $LOG)"
+fi
 say "done"
