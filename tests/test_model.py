@@ -80,23 +80,6 @@ def test_output_shapes_for_odd_lengths(num_samples):
     assert out["context"].shape == out["targets"].shape == (2, expected_steps, 256)
 
 
-@pytest.mark.parametrize("targets", ["latents", "detached_latents", "frames"])
-def test_contrastive_targets_and_what_their_gradient_reaches(targets):
-    """Z targets train the feature encoder through the loss's target side only with ``latents``; ``frames`` are the
-    normalised stacked log-mel steps the projection to Z reads, and the context is projected to their size."""
-    model = tiny_model(contrastive_targets=targets, latent_dim=96).train()
-    source = torch.randn(2, 16000)
-    out = model(source)
-    target_dim = 4 * 64 if targets == "frames" else 96
-    assert out["context"].shape == out["targets"].shape == (2, 12, target_dim)
-    assert out["targets"].requires_grad == (targets == "latents")
-    if targets == "frames":
-        frames, _ = model.logmel(source)
-        torch.testing.assert_close(out["targets"], (frames[:, :48].reshape(2, 12, 256) - model.cfg.logmel_mean) / model.cfg.logmel_std)
-    else:
-        torch.testing.assert_close(out["targets"], model.latents(model.logmel(source)[0])[0])
-
-
 def test_padding_mask_lengths_follow_each_clip():
     model = tiny_model().eval()
     lengths = torch.tensor([16000, 12345, 4000])

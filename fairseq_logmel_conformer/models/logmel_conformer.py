@@ -31,7 +31,6 @@ from ..modules.frontend import FEATURE_NORMS, LogmelFrontend, StackedFeatureEnco
 from ..modules.masking import compute_span_mask, max_masked_steps
 
 FEATURE_NORM_CHOICES = ChoiceEnum(list(FEATURE_NORMS))
-CONTRASTIVE_TARGETS = ("latents", "detached_latents", "frames")
 COMPILE_MODE_CHOICES = ChoiceEnum(list(COMPILE_MODES))
 COMPILE_SHAPES_HELP = (
     "Graphs are compiled per padded batch length, the batch size dynamic: with clips of mixed lengths set "
@@ -83,15 +82,6 @@ class LogmelConformerConfig(FairseqDataclass):
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the conformer blocks"})
     mask_prob: float = field(default=0.3, metadata={"help": "expected fraction of latent steps masked during pre-training"})
     mask_length: int = field(default=3, metadata={"help": "length of each masked span, in latent steps (80 ms each)"})
-    contrastive_targets: ChoiceEnum(list(CONTRASTIVE_TARGETS)) = field(
-        default="latents",
-        metadata={
-            "help": "what the context predicts at masked steps. latents: Z, which the loss trains through both the "
-            "encoder's input and the targets (wav2vec 2.0 without its quantizer); detached_latents: Z without "
-            "gradient through the targets, so only the input path shapes the feature encoder; frames: the normalised "
-            "stacked log-mel steps themselves (stack_frames * n_mels values), targets no weight can move"
-        },
-    )
     compile: bool = field(default=False, metadata={"help": COMPILE_HELP})
     compile_mode: COMPILE_MODE_CHOICES = field(default="default", metadata={"help": COMPILE_MODE_HELP})
 
@@ -109,10 +99,8 @@ class LogmelConformerModel(BaseFairseqModel):
         )
         self.mask_embedding = nn.Parameter(torch.empty(cfg.latent_dim).uniform_())
         kernel_sizes = [cfg.first_kernel_size] + [cfg.kernel_size] * (cfg.encoder_layers - 1)
-        self.contrastive_targets = str(cfg.contrastive_targets)
-        target_dim = cfg.n_mels * cfg.stack_frames if self.contrastive_targets == "frames" else cfg.latent_dim
         self.context_encoder = ConformerContextEncoder(
-            cfg.latent_dim, cfg.encoder_dim, cfg.encoder_ffn_dim, cfg.encoder_heads, kernel_sizes, cfg.dropout, target_dim
+            cfg.latent_dim, cfg.encoder_dim, cfg.encoder_ffn_dim, cfg.encoder_heads, kernel_sizes, cfg.dropout
         )
         # Plain numbers for the compiled pass: a traced read of fairseq's omegaconf config would run its Python.
         self.mask_prob = float(cfg.mask_prob)
@@ -182,18 +170,17 @@ class LogmelConformerModel(BaseFairseqModel):
     ) -> Dict[str, Any]:
         """Pre-training pass.
 
-        Returns a dict with ``context`` and ``targets`` (B, T', D: latent_dim, the
-        unmasked Z, or stack_frames * n_mels with ``contrastive_targets=frames``),
-        ``mask`` (B, T') True at masked steps (None
+        Returns a dict with ``context`` (B, T', latent_dim), ``targets`` (B, T',
+        latent_dim, the unmasked Z), ``mask`` (B, T') True at masked steps (None
         when ``mask`` is False), ``max_masked_steps`` (int, a bound on any clip's
         masked steps, or None) and ``padding_mask`` (B, T') True at padding (or None).
         """
         frames, frame_lengths = self.logmel(source, padding_mask)
-        context, targets, time_mask, step_padding = self.step_compiler.wrap(self.masked_pass, self)(frames, frame_lengths, mask)
-        steps = targets.shape[1]
+        context, latents, time_mask, step_padding = self.step_compiler.wrap(self.masked_pass, self)(frames, frame_lengths, mask)
+        steps = latents.shape[1]
         return {
             "context": context,
-            "targets": targets,
+            "targets": latents,
             "mask": time_mask,
             "max_masked_steps": max_masked_steps(steps, self.mask_prob, self.mask_length) if mask else None,
             "padding_mask": step_padding,
@@ -203,8 +190,9 @@ class LogmelConformerModel(BaseFairseqModel):
     def masked_pass(
         self, frames: torch.Tensor, frame_lengths: Optional[torch.Tensor], mask: bool
     ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Pre-training after the frontend: (B, T, n_mels) log-mel, (B,) frame counts -> context, targets (B, T', D),
-        mask (B, T') or None, step padding mask (B, T') or None (see :meth:`forward`). What ``compile`` compiles."""
+        """Pre-training after the frontend: (B, T, n_mels) log-mel, (B,) frame counts -> context, targets (B, T',
+        latent_dim), mask (B, T') or None, step padding mask (B, T') or None (see :meth:`forward`). What
+        ``compile`` compiles."""
         latents, step_padding = self.latents(frames, frame_lengths)
         batch, steps, _ = latents.shape
         time_mask = None
@@ -214,13 +202,7 @@ class LogmelConformerModel(BaseFairseqModel):
             time_mask = compute_span_mask(lengths, steps, self.mask_prob, self.mask_length)
             inputs = torch.where(time_mask[..., None], self.mask_embedding.to(latents.dtype), latents)
         context = self.context_encoder(inputs, self.attention_padding(step_padding))
-        if self.contrastive_targets == "frames":
-            targets = self.feature_encoder.stacked(frames).detach()
-        elif self.contrastive_targets == "detached_latents":
-            targets = latents.detach()
-        else:
-            targets = latents
-        return context, targets, time_mask, step_padding
+        return context, latents, time_mask, step_padding
 
     def attention_padding(self, step_padding: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         """The (B, T') padding mask attention gets: None for an all-False one in inference, so that

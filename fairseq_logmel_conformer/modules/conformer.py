@@ -120,16 +120,13 @@ class ConvFirstConformerLayer(ConformerLayer):
 
 
 class ConformerContextEncoder(nn.Module):
-    """Linear in_dim -> dim, conformer layers, linear dim -> out_dim: (B, T, in_dim) -> (B, T, out_dim).
+    """Linear in_dim -> dim, conformer layers, linear dim -> in_dim: (B, T, in_dim) -> (B, T, in_dim).
 
     No positional encoding: the depthwise convolutions provide position.
-    ``kernel_sizes`` gives each layer's depthwise kernel (the paper: 31 then 15); ``out_dim`` defaults to ``in_dim``.
+    ``kernel_sizes`` gives each layer's depthwise kernel (the paper: 31 then 15).
     """
 
-    def __init__(
-        self, in_dim: int, dim: int, ffn_dim: int, num_heads: int, kernel_sizes: List[int], dropout: float,
-        out_dim: Optional[int] = None,
-    ):
+    def __init__(self, in_dim: int, dim: int, ffn_dim: int, num_heads: int, kernel_sizes: List[int], dropout: float):
         super().__init__()
         if dim % num_heads != 0:
             raise ValueError(f"encoder dim {dim} is not divisible by {num_heads} heads")
@@ -137,10 +134,10 @@ class ConformerContextEncoder(nn.Module):
         self.layers = nn.ModuleList(
             ConvFirstConformerLayer(dim, ffn_dim, num_heads, k, dropout) for k in kernel_sizes
         )
-        self.proj_out = nn.Linear(dim, in_dim if out_dim is None else out_dim)
+        self.proj_out = nn.Linear(dim, in_dim)
 
     def forward(self, x: torch.Tensor, padding_mask: Optional[torch.Tensor] = None, project: bool = True) -> torch.Tensor:
-        """(B, T, in_dim) -> (B, T, out_dim), or (B, T, dim) when ``project`` is False."""
+        """(B, T, in_dim) -> (B, T, in_dim), or (B, T, dim) when ``project`` is False."""
         # Contiguous (T, B, D) from the start: a transposed view would make the first block's ops copy it, one by one.
         x = self.proj_in(x.transpose(0, 1).contiguous())
         for layer in self.layers:

@@ -159,17 +159,14 @@ class StackedFeatureEncoder(nn.Module):
 
     def forward(self, frames: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """(B, T, F) frames, optional (B,) frame counts -> (B, T', dim), (B,) step counts."""
-        if frames.shape[1] // self.stack == 0:
+        batch, num_frames, num_features = frames.shape
+        steps = num_frames // self.stack
+        if steps == 0:
             raise ValueError(
                 f"need at least {self.stack} frames to stack, got input of shape {list(frames.shape)}"
             )
-        return self.proj(self.stacked(frames)), (self.num_steps(lengths) if lengths is not None else None)
-
-    def stacked(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) frames -> (B, T // stack, stack * F) normalised stacked steps, what the projection to Z reads."""
-        batch, num_frames, num_features = frames.shape
-        steps = num_frames // self.stack
         stacked = frames[:, : steps * self.stack].reshape(batch, steps, self.stack * num_features)
         stacked = (stacked - self.offset) / self.scale
         # The fp32 log-mel meets the model's dtype here (half under fairseq's fp16/bf16 training).
-        return self.layer_norm(stacked.to(self.proj.weight.dtype))
+        stacked = stacked.to(self.proj.weight.dtype)
+        return self.proj(self.layer_norm(stacked)), (self.num_steps(lengths) if lengths is not None else None)
