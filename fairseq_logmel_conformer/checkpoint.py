@@ -11,12 +11,17 @@ included, reports a damaged or foreign file by name and what is wrong with it;
 and a rerun of ``fairseq-hydra-train`` whose ``checkpoint_last.pt`` is damaged
 resumes from the newest intact checkpoint of its ``checkpoint.save_dir``
 (with a warning naming both), or stops with that message if there is none.
+A checkpoint whose config sets a field that this version of the plugin's
+tasks, models, criterions or optimisers no longer has loads with a warning
+naming the file and the field, which is ignored (fairseq would refuse it).
 Torch's zip format stores a CRC-32 of each record, so a file cut short or
 corrupted is detected without unpickling it. Run as a module, it checks every
 checkpoint of SAVE_DIR and says which training would resume from (exit status
 1 when none could).
 """
 import argparse
+import contextlib
+import dataclasses
 import functools
 import glob
 import logging
@@ -110,17 +115,71 @@ def resume_point(save_dir: str) -> Optional[str]:
     )
 
 
-def _named_errors(load_checkpoint_to_cpu):
-    """fairseq's ``load_checkpoint_to_cpu``, raising :class:`CheckpointError` naming a damaged or foreign file."""
+def _config_dataclasses() -> Dict[str, Dict[str, type]]:
+    """{config group: {registered name: dataclass}} of fairseq's registries; nested configs look in ``model``."""
+    from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
+    from fairseq.models import MODEL_DATACLASS_REGISTRY
+    from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY
+    from fairseq.optim.lr_scheduler import LR_SCHEDULER_DATACLASS_REGISTRY
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    return {"task": TASK_DATACLASS_REGISTRY, "model": MODEL_DATACLASS_REGISTRY, "criterion": CRITERION_DATACLASS_REGISTRY,
+            "optimizer": OPTIMIZER_DATACLASS_REGISTRY, "lr_scheduler": LR_SCHEDULER_DATACLASS_REGISTRY}
+
+
+def drop_removed_fields(path: str, cfg: Any) -> List[str]:
+    """Remove, in place, the fields of ``cfg`` (a checkpoint's config) that this plugin's configs no longer have.
+
+    A config node belongs to one of the plugin's components when its ``_name``
+    is registered with a dataclass of this package; that covers the top-level
+    groups and nested configs such as a classifier's ``model.encoder``. No code
+    of this version reads such a field, so it is dropped, with a warning naming
+    ``path``, the field and its value (a field that had changed the model's
+    parameters still fails when its weights load). Returns the dotted names.
+    """
+    from omegaconf import DictConfig, open_dict
+
+    registries = _config_dataclasses()
+    dropped = []
+
+    def visit(node: Any, key: str, group: str) -> None:
+        if not isinstance(node, (DictConfig, dict)):
+            return
+        dataclass = registries.get(group, registries["model"]).get(node.get("_name"))
+        if dataclass is not None and dataclass.__module__.startswith(__package__ + "."):
+            known = {field.name for field in dataclasses.fields(dataclass)}
+            removed = [name for name in node.keys() if name not in known]
+            for name in removed:
+                logger.warning(f"{path}: {key}.{name}={node[name]!r} is not a field of this version's {node['_name']!r} config; ignored")
+                dropped.append(f"{key}.{name}")
+            if removed:
+                with open_dict(node) if isinstance(node, DictConfig) else contextlib.nullcontext():
+                    for name in removed:
+                        del node[name]
+        for name in list(node.keys()):
+            visit(node[name], f"{key}.{name}", group)
+
+    if cfg is not None:
+        for group in list(cfg.keys()):
+            visit(cfg[group], group, group)
+    return dropped
+
+
+def _checked(load_checkpoint_to_cpu):
+    """fairseq's ``load_checkpoint_to_cpu``, raising :class:`CheckpointError` naming a damaged or foreign file,
+    and dropping config fields the plugin no longer has (:func:`drop_removed_fields`)."""
 
     @functools.wraps(load_checkpoint_to_cpu)
     def load(path, *args, **kwargs):
         try:
-            return load_checkpoint_to_cpu(path, *args, **kwargs)
+            state = load_checkpoint_to_cpu(path, *args, **kwargs)
         except Exception:
             problem = verify_checkpoint(path)
             if problem is None:
                 raise
+        else:
+            drop_removed_fields(path, state.get("cfg"))
+            return state
         # Outside the except block: torch's own message would suggest unpickling the file without safeguards.
         raise CheckpointError(problem)
 
@@ -149,12 +208,13 @@ def _resume_from_intact(load_checkpoint):
 
 
 def install() -> None:
-    """Wrap fairseq's checkpoint loading (once): errors that name the file, and resuming from an intact checkpoint."""
+    """Wrap fairseq's checkpoint loading (once): errors that name the file, configs of an older plugin version,
+    and resuming from an intact checkpoint."""
     from fairseq import checkpoint_utils
 
     if getattr(checkpoint_utils.load_checkpoint_to_cpu, "_logmel_wrapped", False):
         return
-    checkpoint_utils.load_checkpoint_to_cpu = _named_errors(checkpoint_utils.load_checkpoint_to_cpu)
+    checkpoint_utils.load_checkpoint_to_cpu = _checked(checkpoint_utils.load_checkpoint_to_cpu)
     checkpoint_utils.load_checkpoint = _resume_from_intact(checkpoint_utils.load_checkpoint)
     checkpoint_utils.load_checkpoint_to_cpu._logmel_wrapped = True
 
