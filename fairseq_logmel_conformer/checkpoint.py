@@ -20,7 +20,6 @@ checkpoint of SAVE_DIR and says which training would resume from (exit status
 1 when none could).
 """
 import argparse
-import contextlib
 import dataclasses
 import functools
 import glob
@@ -127,42 +126,38 @@ def _config_dataclasses() -> Dict[str, Dict[str, type]]:
             "optimizer": OPTIMIZER_DATACLASS_REGISTRY, "lr_scheduler": LR_SCHEDULER_DATACLASS_REGISTRY}
 
 
-def drop_removed_fields(path: str, cfg: Any) -> List[str]:
-    """Remove, in place, the fields of ``cfg`` (a checkpoint's config) that this plugin's configs no longer have.
+def drop_removed_fields(path: str, cfg: Any) -> None:
+    """Remove, in place, the fields of ``cfg`` (a checkpoint's config, as fairseq loads it: a DictConfig) that this
+    plugin's configs no longer have.
 
     A config node belongs to one of the plugin's components when its ``_name``
     is registered with a dataclass of this package; that covers the top-level
     groups and nested configs such as a classifier's ``model.encoder``. No code
     of this version reads such a field, so it is dropped, with a warning naming
     ``path``, the field and its value (a field that had changed the model's
-    parameters still fails when its weights load). Returns the dotted names.
+    parameters still fails when its weights load).
     """
     from omegaconf import DictConfig, open_dict
 
     registries = _config_dataclasses()
-    dropped = []
 
     def visit(node: Any, key: str, group: str) -> None:
-        if not isinstance(node, (DictConfig, dict)):
+        if not isinstance(node, DictConfig):
             return
         dataclass = registries.get(group, registries["model"]).get(node.get("_name"))
         if dataclass is not None and dataclass.__module__.startswith(__package__ + "."):
             known = {field.name for field in dataclasses.fields(dataclass)}
             removed = [name for name in node.keys() if name not in known]
-            for name in removed:
-                logger.warning(f"{path}: {key}.{name}={node[name]!r} is not a field of this version's {node['_name']!r} config; ignored")
-                dropped.append(f"{key}.{name}")
-            if removed:
-                with open_dict(node) if isinstance(node, DictConfig) else contextlib.nullcontext():
-                    for name in removed:
-                        del node[name]
+            with open_dict(node):
+                for name in removed:
+                    logger.warning(f"{path}: {key}.{name}={node[name]!r} is not a field of this version's {node['_name']!r} config; ignored")
+                    del node[name]
         for name in list(node.keys()):
             visit(node[name], f"{key}.{name}", group)
 
     if cfg is not None:
         for group in list(cfg.keys()):
             visit(cfg[group], group, group)
-    return dropped
 
 
 def _checked(load_checkpoint_to_cpu):
