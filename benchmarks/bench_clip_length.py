@@ -25,7 +25,7 @@ from .common import (
     Worker,
     WorkerError,
     default_output,
-    last_line,
+    error_line,
     start_benchmark,
     summarize,
     write_corpus,
@@ -65,7 +65,7 @@ def measure(args, model: str, seconds: float, warmup: int) -> Dict:
             entry.update(worker.stop())
         except WorkerError as error:
             # Out of memory at long clips is a result, not a crash of the benchmark.
-            entry["error"] = last_line(str(error))
+            entry["error"] = error_line(str(error))
             logging.error(f"{model} {seconds} s failed:\n{error}")
             return entry
     entry["audio_s_per_s"] = entry["batch_seconds"] / entry["step"]["median_s"]

@@ -33,7 +33,7 @@ from fairseq_logmel_conformer.data.synthetic import SOUND_CLASSES, synthesize
 from fairseq_logmel_conformer.inference import AudioModel
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerModel
 
-from .common import Worker, WorkerError, default_output, last_line, load_config, peak_memory_mib, start_benchmark, write_json
+from .common import Worker, WorkerError, default_output, error_line, load_config, peak_memory_mib, start_benchmark, write_json
 
 MODES = ("stream", "embed")
 # Growth beyond the returned arrays above this counts as "not flat" in the summary.
@@ -136,7 +136,7 @@ def measure(args: argparse.Namespace, workdir: str) -> List[Dict]:
                 report = worker.call("run", path=path, mode=mode)
                 worker.stop()
             except WorkerError as error:
-                report, info = {"error": last_line(str(error))}, {}
+                report, info = {"error": error_line(str(error))}, {}
             entry = {"minutes": minutes, "mode": mode, "num_parameters": info.get("num_parameters"), **report}
             results.append(entry)
             print(

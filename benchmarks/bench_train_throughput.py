@@ -30,7 +30,7 @@ from .common import (
     Worker,
     WorkerError,
     default_output,
-    last_line,
+    error_line,
     start_benchmark,
     summarize,
     write_corpus,
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace, data: str) -> Dict:
         try:
             return action(workers[name])
         except WorkerError as error:
-            configs[name]["error"] = last_line(str(error))
+            configs[name]["error"] = error_line(str(error))
             logging.error(f"{name} failed:\n{error}")
             return None
 

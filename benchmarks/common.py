@@ -726,6 +726,12 @@ class WorkerError(RuntimeError):
     """A worker process failed; the message is its traceback."""
 
 
-def last_line(text: str) -> str:
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
+
+
+def error_line(text: str) -> str:
+    """The line of a worker's traceback that names the exception (``InductorError: CppCompileError: ...``), not the
+    last line, which for a multi-line message (a compiler's output) says nothing; the last line if none does."""
     lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else text
+    named = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    return (named or lines or [text])[-1]

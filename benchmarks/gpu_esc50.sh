@@ -15,13 +15,10 @@
 # pre-training, fine-tuning 293 s, 585 s in all): set-up and decoding 60 s, pre-training 2.5 min + 20 s start,
 # fine-tuning and evaluation 330 s: about 9 minutes.
 #
-# Preparation, from the repository root on a machine with the data (../shared/data) and network for pip:
-#   the wheels as in gpu_step.sh's header (.whl, 12.9 MB, with .whl/COMMIT);
-#   echo /.device/ >> .git/info/exclude
-#   for set in esc50 unlabeled unlabeled_sfx; do
-#       python -m benchmarks.device_audio encode ../shared/data/$set .device/audio/$set; done
-# (Ogg Opus at compression level 0.98, about 12 kbit/s: ESC-50 14 MB, unlabeled 7.5 MB, unlabeled_sfx 20 MB, estimated
-# from samples; with the wheels (12.9 MB) and the working tree (3.7 MB) about 58 MB of the 64 MiB a call carries.)
+# Preparation, here with network and the data (../shared/data): bash benchmarks/gpu_prepare.sh, which fills .whl
+# (the wheels and the commit) and .device/audio: ESC-50 and both unlabelled sets as Ogg Opus at compression level
+# 0.98, about 12 kbit/s (ESC-50 14.3 MB, unlabeled 7.4 MB, unlabeled_sfx 21.5 MB); with the wheels (12.9 MB) and the
+# working tree (6.4 MB) 59 MiB of the 64 MiB a call carries, which it checks.
 # Then, for example:
 #   run(command="bash benchmarks/gpu_esc50.sh .whl unlabeled+unlabeled_sfx", carry=[".whl", ".device"], timeout_s=590)
 set -uo pipefail
@@ -61,10 +58,10 @@ if python3 -m benchmarks.esc50_pretrain_vs_scratch --esc50-dir "$DECODED/esc50" 
     # Whether pre-training grew the first block's input, as it did the small model's (the study's finding 12): seconds
     # on CPU. The checkpoint is the one the results file just written names (the newest: BENCHMARK_ARGS may rename it);
     # a glob over /tmp/esc would also take an earlier call's pre-training on a machine kept warm.
-    CHECKPOINT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["results"]["pretraining"]["checkpoint"])' \
-        "$(ls -t "$RESULTS"/*.json | head -1)")
+    RESULT=$(ls -t "$RESULTS"/*.json | head -1)
+    CHECKPOINT=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["results"]["pretraining"]["checkpoint"])' "$RESULT")
     python3 experiments/esc50_pretrain_vs_scratch/residual_scale.py "$CHECKPOINT" --audio-dir "$DECODED/esc50/audio" \
-        --output "$RESULTS/residual_scale_cfS_$SLUG.json" >>"$LOG" 2>&1 || say "residual_scale.py failed (see $LOG)"
+        --output "$RESULTS/residual_scale_$(basename "$RESULT")" >>"$LOG" 2>&1 || say "residual_scale.py failed (see $LOG)"
 else
     say "the benchmark failed (see $LOG)"
 fi

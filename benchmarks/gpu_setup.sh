@@ -1,6 +1,6 @@
 # Sourced by the GPU scripts (gpu_step.sh, gpu_esc50.sh): installs what the device machine's image lacks, without
 # network, and puts this checkout first on PYTHONPATH. Expects ROOT (the checkout), WHEELS (the carried wheel folder,
-# see gpu_step.sh's header for how to fill it), LOG and a say() function; leaves the shell in ROOT.
+# filled by gpu_prepare.sh), LOG and a say() function; leaves the shell in ROOT.
 SITE=/tmp/gpu_site
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl >>"$LOG" 2>&1 \
     || { say "pip install from $WHEELS failed (see $LOG)"; exit 1; }

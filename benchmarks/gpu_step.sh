@@ -43,22 +43,9 @@
 #     choices while compiling, minutes) are left; at the estimate above they are skipped.
 # Each group gets the time left as its limit; a group cut short leaves no JSON, the log says how far it got.
 #
-# Preparation, on a machine with network, from the repository root (12.9 MB in .whl; checked with pip 24, Python 3.11):
-#   echo /.whl/ >> .git/info/exclude
-#   P="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64"
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $P -d .whl \
-#       hydra-core==1.3.2 omegaconf==2.3.0 bitarray==3.8.0 soundfile==0.13.1 cffi==2.0.0 pycparser==2.23
-#   # antlr4 (omegaconf's parser) is an sdist only; it is pure Python, so a wheel built here serves 3.12:
-#   VENV/bin/python -m pip wheel --no-deps --no-build-isolation -w .whl antlr4-python3-runtime==4.9.3
-#   # fairseq-fixed as its sdist (built on the GPU machine; --no-build-isolation: the venv's torch and Cython):
-#   VENV/bin/python -m pip download --no-deps --no-build-isolation --no-binary=:all: -d .whl fairseq-fixed==0.12.3.1
-#   git rev-parse HEAD > .whl/COMMIT          # the copy on the GPU machine has no git history
-# (VENV: any virtual environment with setuptools, wheel, Cython and torch, e.g. the project's.) Then one call of the
-# device tool: run(command="bash benchmarks/gpu_step.sh .whl", carry=[".whl"], timeout_s=500).
-# Already on that machine's image, not carried: numpy, regex, sacrebleu, scikit-learn, tqdm, packaging, pyyaml,
-# Cython, setuptools, torchaudio, sentencepiece, matplotlib. fairseq-fixed's requirements (pip show fairseq-fixed):
-# bitarray, cffi, cython, hydra-core, numpy, omegaconf, packaging, regex, sacrebleu, scikit-learn, torch, torchaudio,
-# tqdm; soundfile (and its cffi, pycparser) is this package's own.
+# Preparation, here with network: bash benchmarks/gpu_prepare.sh (the wheels in .whl, 12.9 MB, and the commit; the
+# carried audio too, which this script does not use). Then one call of the device tool:
+# run(command="bash benchmarks/gpu_step.sh .whl", carry=[".whl"], timeout_s=500).
 set -uo pipefail
 
 WHEELS="${1:?usage: bash benchmarks/gpu_step.sh WHEEL_DIR [BUDGET_SECONDS]}"

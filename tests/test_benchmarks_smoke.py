@@ -4,11 +4,21 @@ import json
 import os
 import re
 import shutil
+import traceback
 
 import pytest
 import torch
 
-from benchmarks.common import REPOSITORY, TrainingRunner, count_step_flops, load_config, profile_step, time_by_name, write_corpus
+from benchmarks.common import (
+    REPOSITORY,
+    TrainingRunner,
+    count_step_flops,
+    error_line,
+    load_config,
+    profile_step,
+    time_by_name,
+    write_corpus,
+)
 
 
 @pytest.fixture(scope="module")
@@ -491,3 +501,24 @@ def test_esc_benchmark_runs_the_commands_as_modules_where_they_are_not_installed
     for name in ("logmel-manifest", "logmel-evaluate"):
         usage = subprocess.run([*bench.console_command(name), "--help"], capture_output=True, text=True, timeout=300)
         assert usage.returncode == 0 and "usage:" in usage.stdout, name
+
+
+def test_a_failed_configuration_is_reported_by_its_exception_not_by_the_tail_of_a_compiler_message():
+    def compile_step():
+        raise RuntimeError("CppCompileError: C++ compile error\n\nkernel.cpp:144:42: error: 'decltype' evaluates to 'float'\n      |   ^~~~")
+
+    try:
+        try:
+            compile_step()
+        except RuntimeError as error:
+            raise ValueError("the step failed") from error
+    except ValueError:
+        chained = traceback.format_exc()
+    assert error_line(chained) == "ValueError: the step failed"
+    try:
+        compile_step()
+    except RuntimeError:
+        message = traceback.format_exc()
+    assert message.rstrip().endswith("^~~~")
+    assert error_line(message) == "RuntimeError: CppCompileError: C++ compile error"
+    assert error_line("killed\n") == "killed"
