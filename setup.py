@@ -11,8 +11,8 @@ setup(
     + find_namespace_packages(include=["hydra_plugins.*"]),
     package_data={"fairseq_logmel_conformer": ["config/*/*.yaml", "config/*/*/*.yaml"]},
     install_requires=[
-        "torch==2.9.1",
-        "torchaudio==2.9.1",
+        "torch>=2.9.1",
+        "torchaudio>=2.9.1",
         # fairseq 0.12.2 does not import on Python 3.11; fairseq-fixed ships the same package, fixed.
         "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
         "fairseq==0.12.2; python_version < '3.11'",

@@ -63,6 +63,13 @@ def assert_same_step(eager_loss, eager_grads, compiled_loss, compiled_grads, los
         torch.testing.assert_close(compiled_grads[name], eager, rtol=1e-3, atol=grad_scale_tol * float(scale), msg=name)
 
 
+# Only this failure, only where it is known: any other error, or this one under another torch, fails the test.
+@pytest.mark.xfail(
+    torch.__version__ >= "2.11",
+    reason="torch 2.11's inductor writes C++ for this backward that does not compile (pytorch/pytorch#179135)",
+    raises=torch._inductor.exc.InductorError,
+    strict=False,
+)
 def test_inductor_pretraining_step_equals_the_eager_one():
     """Forward, contrastive loss and backward of a padded batch, same seed: same masks and distractors (eager random
     kernels under ``fallback_random``), the loss to 1e-5 and every gradient to 1e-4 of the largest. fp32 on the
