@@ -48,8 +48,10 @@ for set in esc50 unlabeled unlabeled_sfx; do
 done
 
 # What a call carries: the files git would copy (tracked, and untracked ones it does not ignore) and the two folders.
-carried=$( { git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1;
-             du -sb .whl .device; } | awk '{ total += $1 } END { print total }')
-echo "carried with .whl and .device: $((carried / 1048576)) MiB of 64 ($(du -sh .whl | cut -f1) wheels," \
-     "$(du -sh .device | cut -f1) audio)"
+tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+wheels=$(du -sb .whl | cut -f1)
+audio=$(du -sb .device | cut -f1)
+carried=$((tree + wheels + audio))
+echo "carried with .whl and .device: $((carried / 1048576)) MiB of 64 (working tree $((tree / 1048576)) MiB," \
+     "wheels $((wheels / 1048576)) MiB, audio $((audio / 1048576)) MiB)"
 [ "$carried" -lt $((64 * 1048576)) ] || { echo "over the 64 MiB a call carries" >&2; exit 1; }
