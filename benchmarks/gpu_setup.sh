@@ -2,13 +2,14 @@
 # network, and puts this checkout first on PYTHONPATH. Expects ROOT (the checkout), WHEELS (the carried wheel folder,
 # filled by gpu_prepare.sh), LOG and a say() function; leaves the shell in ROOT.
 SITE=/tmp/gpu_site
+FAIRSEQ_SDIST="$WHEELS"/fairseq_fixed-0.12.3.1.tar.gz
 FAIRSEQ_SRC=/tmp/fairseq_fixed-0.12.3.1
 # A second call on a machine still warm finds both done for the same wheels (their checksums) and skips them.
-DONE="$SITE/.installed-$(cat "$WHEELS"/*.whl "$WHEELS"/fairseq_fixed-*.tar.gz 2>/dev/null | sha1sum | cut -c1-12)"
+DONE="$SITE/.installed-$(cat "$WHEELS"/*.whl "$FAIRSEQ_SDIST" 2>/dev/null | sha1sum | cut -c1-12)"
 if [ ! -f "$DONE" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
         "$WHEELS"/*.whl >>"$LOG" 2>&1 || { say "pip install from $WHEELS failed (see $LOG)"; exit 1; }
-    rm -rf "$FAIRSEQ_SRC" && tar xzf "$WHEELS"/fairseq_fixed-0.12.3.1.tar.gz -C /tmp \
+    rm -rf "$FAIRSEQ_SRC" && tar xzf "$FAIRSEQ_SDIST" -C /tmp \
         || { say "no fairseq-fixed sdist in $WHEELS"; exit 1; }
     # Only what training imports: data_utils_fast (batch_by_size) and token_block_utils_fast. fairseq's own setup.py
     # would also build three torch C++ extensions, and CUDA ones when CUDA_HOME is set: minutes, for code no benchmark

@@ -16,6 +16,7 @@ import torch
 import torch._inductor.config as inductor_config
 from omegaconf import OmegaConf
 from torch._dynamo.utils import counters
+from torch._inductor.exc import InductorError
 
 from conftest import write_labelled_corpus
 from fairseq_logmel_conformer.criterions.logmel_consistency import LogmelConsistencyConfig, LogmelConsistencyCriterion
@@ -67,7 +68,7 @@ def assert_same_step(eager_loss, eager_grads, compiled_loss, compiled_grads, los
 @pytest.mark.xfail(
     torch.__version__ >= "2.11",
     reason="torch 2.11's inductor writes C++ for this backward that does not compile (pytorch/pytorch#179135)",
-    raises=torch._inductor.exc.InductorError,
+    raises=InductorError,
     strict=False,
 )
 def test_inductor_pretraining_step_equals_the_eager_one():
