@@ -522,3 +522,49 @@ def test_a_failed_configuration_is_reported_by_its_exception_not_by_the_tail_of_
     assert message.rstrip().endswith("^~~~")
     assert error_line(message) == "RuntimeError: CppCompileError: C++ compile error"
     assert error_line("killed\n") == "killed"
+
+
+def load_residual_scale():
+    import importlib.util
+
+    path = os.path.join(REPOSITORY, "experiments", "esc50_pretrain_vs_scratch", "residual_scale.py")
+    spec = importlib.util.spec_from_file_location("residual_scale", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_checkpoint_geometry_reads_the_input_path_and_how_alike_the_clip_embeddings_are(tmp_path, monkeypatch, pretrained_checkpoint):
+    from fairseq import checkpoint_utils
+    from fairseq_logmel_conformer.data.synthetic import write_dataset
+
+    residual_scale = load_residual_scale()
+    audio = str(tmp_path / "audio")
+    write_dataset(audio, num_clips=6, seconds=(1.0, 2.0), seed=3)
+    output = str(tmp_path / "scales.json")
+    monkeypatch.setattr("sys.argv", ["residual_scale.py", pretrained_checkpoint, "--audio-dir", audio, "--every", "1", "--seconds", "1", "--restart", "1", "--output", output])
+    residual_scale.main()
+    with open(output) as f:
+        result = json.load(f)["results"][pretrained_checkpoint]
+
+    weights = checkpoint_utils.load_checkpoint_to_cpu(pretrained_checkpoint)["model"]
+    product = weights["context_encoder.proj_in.weight"] @ weights["feature_encoder.proj.weight"]
+    expected = torch.linalg.svdvals(product)[:5].tolist()
+    assert result["loaded"]["input_path"]["product"]["top"] == pytest.approx(expected, abs=2e-3)
+    ranks = {"latent": min(weights["feature_encoder.proj.weight"].shape), "proj_in": min(product.shape), "product": min(product.shape)}
+    for state in ("fresh", "loaded"):
+        spectra = result[state]["input_path"]
+        assert set(spectra) == set(ranks)
+        for name, spectrum in spectra.items():
+            assert spectrum["top"] == sorted(spectrum["top"], reverse=True)
+            assert 1.0 <= spectrum["effective_rank"] <= ranks[name]
+        assert -1.0 <= result[state]["clip_embeddings"]["mean_cosine"] <= 1.0
+    assert set(result["loaded"]) >= {"clip_embeddings", "clip_embeddings_last_1_restarted", "blocks", "latent_rms"}
+    assert result["fresh"]["input_path"] != result["loaded"]["input_path"]
+
+    # Identical clips have identical embeddings: a cosine of 1 and nothing around their mean.
+    model = residual_scale.LogmelConformerModel(residual_scale.LogmelConformerConfig(sample_rate=16000, encoder_dim=64, encoder_layers=1, encoder_heads=4, encoder_ffn_dim=128)).eval()
+    clip = torch.randn(1, 16000)
+    same = residual_scale.clip_embeddings(model, clip.repeat(3, 1))
+    assert same["mean_cosine"] == pytest.approx(1.0, abs=1e-3) and same["spread_rms"] == pytest.approx(0.0, abs=1e-3)
+    assert residual_scale.clip_embeddings(model, torch.randn(3, 16000))["spread_rms"] > 0

@@ -1,5 +1,6 @@
-"""How large each conformer block's input is next to what its modules add, for a pre-training checkpoint and for the
-same architecture freshly initialised (a scratch run's start), on real clips.
+"""How large each conformer block's input is next to what its modules add, how the input path weighs the directions of
+its input, and how alike the clip embeddings are, for a pre-training checkpoint and for the same architecture freshly
+initialised (a scratch run's start), on real clips.
 
     python experiments/esc50_pretrain_vs_scratch/residual_scale.py CHECKPOINT [CHECKPOINT ...] \\
         --audio-dir ../shared/data/esc50/audio --output results/residual_scale.json
@@ -10,10 +11,18 @@ on the block's modules, or on what feeds x, changes the block's output. Per bloc
 of its input x, of the half-step feed-forward outputs and the convolution module's output (read by forward hooks), and
 of the sum before the final layer norm (the attention output is the rest of that sum); also that of the latent Z
 (the feature encoder's output).
+
+The input path, from stacked log-mel steps to the first block's input, is two linear maps (the feature encoder's
+projection to Z, then the context encoder's ``proj_in``): per map and for their product, the largest singular values,
+the median and the effective rank (exp of the entropy of the normalised singular values). The clip embeddings are
+each clip's mean frame embedding (what the fine-tuning head reads): the root mean square of their mean over clips
+(what every clip shares) and of their spread around it, and their mean pairwise cosine; for the checkpoint also with
+its last ``--restart`` blocks on fresh weights, as fine-tuning starts (``model.reinit_last_blocks``).
 Clips: every ``--every``-th file of ``--audio-dir`` in name order, their first
 ``--seconds`` (shorter ones zero-padded, unmasked: the same for both models).
 """
 import argparse
+import copy
 import glob
 import os
 import sys
@@ -62,6 +71,36 @@ def block_scales(model: LogmelConformerModel, source: torch.Tensor) -> Dict:
     return {"latent_rms": latent["rms"], "blocks": blocks}
 
 
+INPUT_PATH = {"latent": "feature_encoder.proj.weight", "proj_in": "context_encoder.proj_in.weight"}
+
+
+def spectrum(matrix: torch.Tensor) -> Dict:
+    """{"top": 5 largest singular values, "median", "effective_rank"} of a 2-D weight."""
+    values = torch.linalg.svdvals(matrix.float())
+    share = values / values.sum()
+    effective_rank = torch.exp(-(share * share.clamp_min(1e-12).log()).sum())
+    return {"top": [round(v, 3) for v in values[:5].tolist()], "median": round(values.median().item(), 3), "effective_rank": round(effective_rank.item(), 1)}
+
+
+def input_path(model: LogmelConformerModel) -> Dict:
+    """Spectra of the feature encoder's projection, of proj_in and of their product (stacked log-mel -> block 1's input)."""
+    weights = dict(model.named_parameters())
+    result = {name: spectrum(weights[key]) for name, key in INPUT_PATH.items()}
+    result["product"] = spectrum(weights[INPUT_PATH["proj_in"]] @ weights[INPUT_PATH["latent"]])
+    return result
+
+
+@torch.no_grad()
+def clip_embeddings(model: LogmelConformerModel, source: torch.Tensor) -> Dict[str, float]:
+    """How alike the (B, S) clips' mean frame embeddings are: shared part, spread, mean pairwise cosine."""
+    pooled = model.extract_features(source)[0].mean(1).float()
+    shared = pooled.mean(0)
+    unit = torch.nn.functional.normalize(pooled, dim=1)
+    cosines = unit @ unit.T
+    pairs = len(pooled) * (len(pooled) - 1)
+    return {"shared_rms": rms(shared), "spread_rms": rms(pooled - shared), "mean_cosine": round(((cosines.sum() - cosines.trace()) / pairs).item(), 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="logmel_conformer pre-training checkpoints")
@@ -69,6 +108,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50, help="take every N-th file in name order")
     parser.add_argument("--seconds", type=float, default=5.0, help="the first this many seconds of each clip")
     parser.add_argument("--seed", type=int, default=1, help="seed of the fresh initialisation")
+    parser.add_argument("--restart", type=int, default=2, help="blocks restarted for fine-tuning (finetune/base.yaml's reinit_last_blocks)")
     parser.add_argument("--output", help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -87,15 +127,23 @@ def main() -> None:
             source[row, : len(audio)] = audio
         torch.manual_seed(args.seed)
         model = LogmelConformerModel(cfg).eval()
-        fresh = block_scales(model, source)
+        blocks = model.context_encoder.layers
+        restarted = {index: copy.deepcopy(blocks[index].state_dict()) for index in range(len(blocks) - args.restart, len(blocks))}
+        fresh = {**block_scales(model, source), "input_path": input_path(model), "clip_embeddings": clip_embeddings(model, source)}
         model.load_state_dict(state["model"])
-        loaded = block_scales(model, source)
+        loaded = {**block_scales(model, source), "input_path": input_path(model), "clip_embeddings": clip_embeddings(model, source)}
+        for index, weights in restarted.items():
+            blocks[index].load_state_dict(weights)
+        loaded[f"clip_embeddings_last_{args.restart}_restarted"] = clip_embeddings(model, source)
         results[path] = {"fresh": fresh, "loaded": loaded}
         print(path)
         for name, scales in (("fresh", fresh), ("loaded", loaded)):
             print(f"  {name}: Z {scales['latent_rms']}")
             for index, block in enumerate(scales["blocks"]):
                 print(f"    block {index + 1}: " + ", ".join(f"{key} {value}" for key, value in block.items()))
+            for key, value in scales.items():
+                if key.startswith(("input_path", "clip_embeddings")):
+                    print(f"    {key}: {value}")
     if args.output:
         settings = {**vars(args), "clips": len(files)}
         write_json(args.output, "residual_scale", settings, results, "cpu", command=" ".join(["python", *sys.argv]))
