@@ -22,11 +22,10 @@ Clips: every ``--every``-th file of ``--audio-dir`` in name order, their first
 ``--seconds`` (shorter ones zero-padded, unmasked: the same for both models).
 """
 import argparse
-import copy
 import glob
 import os
 import sys
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 from omegaconf import OmegaConf
@@ -36,6 +35,10 @@ sys.path.insert(0, REPOSITORY)
 from benchmarks.common import write_json  # noqa: E402
 from fairseq_logmel_conformer.data.audio import read_audio  # noqa: E402
 from fairseq_logmel_conformer.models.logmel_conformer import LogmelConformerConfig, LogmelConformerModel  # noqa: E402
+from fairseq_logmel_conformer.models.logmel_conformer_classifier import (  # noqa: E402
+    LogmelConformerClassifier,
+    LogmelConformerClassifierConfig,
+)
 
 
 def rms(tensor: torch.Tensor) -> float:
@@ -43,8 +46,9 @@ def rms(tensor: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def block_scales(model: LogmelConformerModel, source: torch.Tensor) -> Dict:
-    """{"latent_rms": .., "blocks": [{input, ffn1_half, conv, ffn2_half, sum}, ...]} for a (B, S) batch."""
+def block_scales(model: LogmelConformerModel, source: torch.Tensor) -> Tuple[Dict, torch.Tensor]:
+    """{"latent_rms": .., "blocks": [{input, ffn1_half, conv, ffn2_half, sum}, ...]} for a (B, S) batch, and the
+    pass's (B, T', D) frame embeddings."""
     blocks: List[Dict[str, float]] = [{} for _ in model.context_encoder.layers]
     latent: Dict[str, float] = {}
     hooks = [model.feature_encoder.register_forward_hook(lambda module, inputs, output: latent.update(rms=rms(output[0])))]
@@ -64,11 +68,11 @@ def block_scales(model: LogmelConformerModel, source: torch.Tensor) -> Dict:
             layer.final_layer_norm.register_forward_pre_hook(record(index, "sum", of_input=True)),
         ]
     try:
-        model.extract_features(source)
+        features = model.extract_features(source)[0]
     finally:
         for hook in hooks:
             hook.remove()
-    return {"latent_rms": latent["rms"], "blocks": blocks}
+    return {"latent_rms": latent["rms"], "blocks": blocks}, features
 
 
 INPUT_PATH = {"latent": "feature_encoder.proj.weight", "proj_in": "context_encoder.proj_in.weight"}
@@ -90,15 +94,32 @@ def input_path(model: LogmelConformerModel) -> Dict:
     return result
 
 
-@torch.no_grad()
-def clip_embeddings(model: LogmelConformerModel, source: torch.Tensor) -> Dict[str, float]:
-    """How alike the (B, S) clips' mean frame embeddings are: shared part, spread, mean pairwise cosine."""
-    pooled = model.extract_features(source)[0].mean(1).float()
+def clip_embeddings(features: torch.Tensor) -> Dict[str, float]:
+    """How alike the clips' mean frame embeddings are, from (B, T', D) frame embeddings: shared part, spread, mean
+    pairwise cosine."""
+    pooled = features.mean(1).float()
     shared = pooled.mean(0)
     unit = torch.nn.functional.normalize(pooled, dim=1)
     cosines = unit @ unit.T
     pairs = len(pooled) * (len(pooled) - 1)
     return {"shared_rms": rms(shared), "spread_rms": rms(pooled - shared), "mean_cosine": round(((cosines.sum() - cosines.trace()) / pairs).item(), 3)}
+
+
+def measure(model: LogmelConformerModel, source: torch.Tensor) -> Dict:
+    """Block scales, input path and clip embeddings of one model, from one pass over the (B, S) clips."""
+    scales, features = block_scales(model, source)
+    return {**scales, "input_path": input_path(model), "clip_embeddings": clip_embeddings(features)}
+
+
+@torch.no_grad()
+def fine_tuning_start(cfg, state: Dict[str, torch.Tensor], restart: int, seed: int) -> LogmelConformerModel:
+    """The encoder a fine-tuning run starts from: the checkpoint loaded as the classifier loads it, its last
+    ``restart`` blocks on the fresh weights a scratch run with ``seed`` starts from."""
+    torch.manual_seed(seed)
+    classifier_cfg = LogmelConformerClassifierConfig(encoder=cfg, sample_rate=cfg.sample_rate, class_names=["any"], reinit_last_blocks=restart)
+    classifier = LogmelConformerClassifier(classifier_cfg)
+    classifier.load_encoder_weights(state)
+    return classifier.encoder.eval()
 
 
 def main() -> None:
@@ -127,14 +148,11 @@ def main() -> None:
             source[row, : len(audio)] = audio
         torch.manual_seed(args.seed)
         model = LogmelConformerModel(cfg).eval()
-        blocks = model.context_encoder.layers
-        restarted = {index: copy.deepcopy(blocks[index].state_dict()) for index in range(len(blocks) - args.restart, len(blocks))}
-        fresh = {**block_scales(model, source), "input_path": input_path(model), "clip_embeddings": clip_embeddings(model, source)}
+        fresh = measure(model, source)
         model.load_state_dict(state["model"])
-        loaded = {**block_scales(model, source), "input_path": input_path(model), "clip_embeddings": clip_embeddings(model, source)}
-        for index, weights in restarted.items():
-            blocks[index].load_state_dict(weights)
-        loaded[f"clip_embeddings_last_{args.restart}_restarted"] = clip_embeddings(model, source)
+        loaded = measure(model, source)
+        start = fine_tuning_start(cfg, state["model"], args.restart, args.seed)
+        loaded[f"clip_embeddings_last_{args.restart}_restarted"] = clip_embeddings(start.extract_features(source)[0])
         results[path] = {"fresh": fresh, "loaded": loaded}
         print(path)
         for name, scales in (("fresh", fresh), ("loaded", loaded)):
