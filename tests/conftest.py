@@ -1,4 +1,5 @@
 """Shared fixtures: generated audio, manifests, and a helper to run fairseq's CLI in a subprocess."""
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -17,6 +18,14 @@ if REPO_ROOT not in sys.path:
 
 # The CI machine has 2 cores; more threads than that only adds contention.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def load_script(path):
+    """The Python file at ``path`` as a module, for scripts outside any package (examples, experiments)."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_labelled_corpus(folder, num_train, num_valid, seconds=(1.0, 3.0), seed=0):

@@ -524,21 +524,13 @@ def test_a_failed_configuration_is_reported_by_its_exception_not_by_the_tail_of_
     assert error_line("killed\n") == "killed"
 
 
-def load_residual_scale():
-    import importlib.util
-
-    path = os.path.join(REPOSITORY, "experiments", "esc50_pretrain_vs_scratch", "residual_scale.py")
-    spec = importlib.util.spec_from_file_location("residual_scale", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_checkpoint_geometry_reads_the_input_path_and_how_alike_the_clip_embeddings_are(tmp_path, monkeypatch, pretrained_checkpoint):
     from fairseq import checkpoint_utils
     from fairseq_logmel_conformer.data.synthetic import write_dataset
 
-    residual_scale = load_residual_scale()
+    from conftest import load_script
+
+    residual_scale = load_script(os.path.join(REPOSITORY, "experiments", "esc50_pretrain_vs_scratch", "residual_scale.py"))
     audio = str(tmp_path / "audio")
     write_dataset(audio, num_clips=6, seconds=(1.0, 2.0), seed=3)
     output = str(tmp_path / "scales.json")
@@ -551,7 +543,7 @@ def test_checkpoint_geometry_reads_the_input_path_and_how_alike_the_clip_embeddi
     product = weights["context_encoder.proj_in.weight"] @ weights["feature_encoder.proj.weight"]
     expected = torch.linalg.svdvals(product)[:5].tolist()
     assert result["loaded"]["input_path"]["product"]["top"] == pytest.approx(expected, abs=2e-3)
-    ranks = {"latent": min(weights["feature_encoder.proj.weight"].shape), "proj_in": min(product.shape), "product": min(product.shape)}
+    ranks = {"latent": min(weights["feature_encoder.proj.weight"].shape), "proj_in": min(weights["context_encoder.proj_in.weight"].shape), "product": min(product.shape)}
     for state in ("fresh", "loaded"):
         spectra = result[state]["input_path"]
         assert set(spectra) == set(ranks)

@@ -1,6 +1,5 @@
 """The examples/ scripts and the example user plugin, run as a user would, on generated audio."""
 import argparse
-import importlib.util
 import json
 import os
 import re
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import BIN_DIR, REPO_ROOT, hydra_train
+from conftest import BIN_DIR, REPO_ROOT, hydra_train, load_script
 from fairseq import utils
 
 from fairseq_logmel_conformer.data.synthetic import synthesize, write_dataset
@@ -49,9 +48,7 @@ def load_plugin():
 def call_types_data(tmp_path_factory):
     """The plugin's demo data (16 clips), written by its make_demo_data.py in this process."""
     folder = str(tmp_path_factory.mktemp("calls"))
-    spec = importlib.util.spec_from_file_location("make_demo_data", os.path.join(PLUGIN, "make_demo_data.py"))
-    make_demo_data = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_demo_data)
+    make_demo_data = load_script(os.path.join(PLUGIN, "make_demo_data.py"))
     make_demo_data.main([folder, "--clips", "16"])
     return folder
 
